@@ -1,0 +1,76 @@
+"""Attention behind one interface: the step's metadata plus a backend that stores K/V and attends.
+
+A step's flattened batch puts decode tokens (one per sequence) first and prefill chunks after, so
+each backend can use a batched decode kernel on the head and a varlen prefill kernel on the tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from kernels import reference
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # int64 [num_tokens]
+    num_decode_tokens: int  # the first num_decode_tokens tokens are decodes, one per sequence
+    decode_block_tables: torch.Tensor  # int32 [num_decodes, max_blocks]
+    decode_seq_lens: torch.Tensor  # int32 [num_decodes]
+    prefill_block_tables: torch.Tensor  # int32 [num_prefills, max_blocks]
+    prefill_query_start_loc: torch.Tensor  # int32 [num_prefills + 1], relative to the prefill tail
+    prefill_seq_lens: torch.Tensor  # int32 [num_prefills]
+
+    @property
+    def num_prefills(self) -> int:
+        return int(self.prefill_seq_lens.shape[0])
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def store_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None: ...
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor: ...
+
+    def prefill(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                scale: float) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """The pure-torch reference: correct everywhere, the default on CPU."""
+
+    name = "torch"
+    store_kv = staticmethod(reference.store_kv)
+    decode = staticmethod(reference.paged_decode_attention)
+    prefill = staticmethod(reference.paged_prefill_attention)
+
+
+def get_backend(device: torch.device, name: str = "auto") -> AttentionBackend:
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchBackend()
+    from kernels import triton_backend  # imported only where Triton can run
+
+    return triton_backend.TritonBackend()
+
+
+def paged_attention(backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    """Store this step's K/V, then attend. q: [T, H, D]; k, v: [T, KVH, D] -> [T, H, D]."""
+    backend.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    n = meta.num_decode_tokens
+    if meta.num_prefills == 0:
+        return backend.decode(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale)
+    tail = backend.prefill(q[n:], k_cache, v_cache, meta.prefill_block_tables,
+                           meta.prefill_query_start_loc, meta.prefill_seq_lens, scale)
+    if n == 0:
+        return tail
+    head = backend.decode(q[:n], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale)
+    return torch.cat([head, tail], dim=0)

@@ -1,0 +1,241 @@
+"""The KV block pool: allocation, reference counts and the prefix cache.
+
+A full block is named by a hash chained from its parent's hash, its token ids and a salt, so equal
+prefixes (same salt) map to the same physical block, shared by reference count. A block whose count
+drops to zero keeps its contents and its name in an LRU list; a later hit revives it in O(1).
+Allocation takes never-named free blocks first and evicts the least recently used cached block only
+when none is left. Every hit is verified against the stored token ids, so a collision of the hash
+could never serve the wrong KV.
+
+Counts: used = referenced; cached = unreferenced with a name; free = neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from engine.sequence import Sequence
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    block_hash: bytes | None = None
+    token_ids: tuple[int, ...] = ()
+    pinned: bool = False
+
+
+def hash_block(parent: bytes | None, token_ids: tuple[int, ...], salt: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(parent or b"root")
+    h.update(salt.encode())
+    h.update(b"|")
+    h.update(",".join(map(str, token_ids)).encode())
+    return h.digest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        assert num_blocks > 0 and block_size > 0
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_ids: deque[int] = deque(range(num_blocks))  # never named, or evicted
+        self.cached_lru: OrderedDict[int, None] = OrderedDict()  # ref 0, named; oldest first
+        self.hash_to_block: dict[bytes, int] = {}
+        self.num_used_blocks = 0
+        self.num_query_tokens = 0
+        self.num_hit_tokens = 0
+
+    # --- counts -------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_ids)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self.cached_lru)
+
+    @property
+    def num_available_blocks(self) -> int:
+        """Blocks an allocation may take: free ones and evictable cached ones."""
+        return len(self.free_ids) + len(self.cached_lru)
+
+    def num_shared_blocks(self) -> int:
+        return sum(1 for b in self.blocks if b.ref_count > 1)
+
+    def num_pinned_blocks(self) -> int:
+        return sum(1 for b in self.blocks if b.pinned)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return (num_tokens + self.block_size - 1) // self.block_size
+
+    # --- prefix cache -------------------------------------------------------------------------
+    def compute_hashes(self, seq: Sequence, upto_tokens: int) -> None:
+        """Extend seq.block_hashes over the full blocks within its first `upto_tokens` tokens."""
+        bs = self.block_size
+        while (len(seq.block_hashes) + 1) * bs <= upto_tokens:
+            i = len(seq.block_hashes)
+            parent = seq.block_hashes[-1] if i else None
+            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            seq.block_hashes.append(hash_block(parent, tokens, seq.salt_for_block(i, bs)))
+
+    def lookup_prefix(self, seq: Sequence) -> list[int]:
+        """Block ids of the longest cached prefix of seq, leaving at least one token to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        self.compute_hashes(seq, seq.num_tokens - 1)
+        hits: list[int] = []
+        for i, h in enumerate(seq.block_hashes):
+            if (i + 1) * self.block_size > seq.num_tokens - 1:
+                break
+            block_id = self.hash_to_block.get(h)
+            if block_id is None or not self._tokens_match(block_id, seq, i):
+                break
+            hits.append(block_id)
+        return hits
+
+    def _tokens_match(self, block_id: int, seq: Sequence, index: int) -> bool:
+        bs = self.block_size
+        return self.blocks[block_id].token_ids == tuple(seq.token_ids[index * bs:(index + 1) * bs])
+
+    def num_cached_prefix_tokens(self, seq: Sequence) -> int:
+        return len(self.lookup_prefix(seq)) * self.block_size
+
+    # --- allocation ---------------------------------------------------------------------------
+    def can_admit(self, seq: Sequence, cached: list[int], num_new_tokens: int) -> bool:
+        """Whether a blockless sequence can take its prefix hits plus blocks for num_new_tokens."""
+        revive = sum(1 for b in cached if self.blocks[b].ref_count == 0)
+        need = self.blocks_needed(len(cached) * self.block_size + num_new_tokens) - len(cached)
+        return revive + need <= self.num_available_blocks
+
+    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Whether a running sequence can grow by num_new_tokens tokens."""
+        need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        return need <= self.num_available_blocks
+
+    def allocate_prefix(self, seq: Sequence, cached: list[int]) -> None:
+        """Attach prefix hits to a sequence that holds no blocks yet."""
+        assert not seq.block_table and seq.num_computed_tokens == 0
+        for block_id in cached:
+            self._ref(block_id)
+            seq.block_table.append(block_id)
+        seq.num_computed_tokens = len(cached) * self.block_size
+        if self.enable_prefix_caching:
+            self.num_query_tokens += seq.num_tokens
+            self.num_hit_tokens += seq.num_computed_tokens
+
+    def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Grow seq's block table to hold num_computed_tokens + num_new_tokens tokens."""
+        need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        assert need <= self.num_available_blocks, "caller must check can_allocate first"
+        for _ in range(need):
+            seq.block_table.append(self._take_block())
+
+    def commit_full_blocks(self, seq: Sequence) -> None:
+        """Name the blocks that the last step filled, so later requests can share them."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = seq.num_computed_tokens // self.block_size
+        self.compute_hashes(seq, num_full * self.block_size)
+        for i in range(num_full):
+            block = self.blocks[seq.block_table[i]]
+            if block.block_hash is not None:
+                continue
+            h = seq.block_hashes[i]
+            if h in self.hash_to_block:  # computed twice concurrently: keep the first, this stays private
+                continue
+            block.block_hash = h
+            block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+            self.hash_to_block[h] = block.block_id
+
+    def free(self, seq: Sequence) -> None:
+        """Drop seq's references (last block first, so a prefix's tail is evicted before its head)."""
+        for block_id in reversed(seq.block_table):
+            self._unref(block_id)
+        seq.block_table.clear()
+        seq.num_computed_tokens = 0
+
+    # --- operator actions ---------------------------------------------------------------------
+    def flush(self) -> int:
+        """Forget every unreferenced cached prefix; returns how many blocks were freed."""
+        num = 0
+        for block_id in list(self.cached_lru):
+            if self.blocks[block_id].pinned:
+                continue
+            del self.cached_lru[block_id]
+            self._forget(self.blocks[block_id])
+            self.free_ids.append(block_id)
+            num += 1
+        return num
+
+    def pin(self, seq: Sequence) -> int:
+        """Keep seq's full blocks cached for good (e.g. a system prompt); returns blocks pinned."""
+        num = 0
+        for block_id in seq.block_table[: seq.num_computed_tokens // self.block_size]:
+            block = self.blocks[block_id]
+            if block.block_hash is not None and not block.pinned:
+                block.pinned = True
+                self._ref(block_id)
+                num += 1
+        return num
+
+    def unpin_all(self) -> int:
+        num = 0
+        for block in self.blocks:
+            if block.pinned:
+                block.pinned = False
+                self._unref(block.block_id)
+                num += 1
+        return num
+
+    # --- internals ----------------------------------------------------------------------------
+    def _take_block(self) -> int:
+        if self.free_ids:
+            block_id = self.free_ids.popleft()
+        else:
+            block_id, _ = self.cached_lru.popitem(last=False)  # evict the least recently used
+            self._forget(self.blocks[block_id])
+        self._ref(block_id)
+        return block_id
+
+    def _ref(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            self.cached_lru.pop(block_id, None)
+            self.num_used_blocks += 1
+        block.ref_count += 1
+
+    def _unref(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        assert block.ref_count > 0, f"block {block_id} freed twice"
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.num_used_blocks -= 1
+            if block.block_hash is not None:
+                self.cached_lru[block_id] = None
+            else:
+                self.free_ids.append(block_id)
+
+    def _forget(self, block: Block) -> None:
+        if block.block_hash is not None and self.hash_to_block.get(block.block_hash) == block.block_id:
+            del self.hash_to_block[block.block_hash]
+        block.block_hash, block.token_ids = None, ()
+
+    def check_invariants(self) -> None:
+        """Every block is exactly one of used / cached / free; counts agree (used by tests)."""
+        used = sum(1 for b in self.blocks if b.ref_count > 0)
+        assert used == self.num_used_blocks
+        assert used + len(self.cached_lru) + len(self.free_ids) == self.num_blocks
+        assert all(self.blocks[b].ref_count == 0 and self.blocks[b].block_hash for b in self.cached_lru)
+        assert all(self.blocks[b].ref_count == 0 and not self.blocks[b].block_hash for b in self.free_ids)
+        assert len(set(self.free_ids)) == len(self.free_ids)
+        for h, b in self.hash_to_block.items():
+            assert self.blocks[b].block_hash == h

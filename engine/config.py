@@ -1,0 +1,61 @@
+"""Model and engine configuration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """The shape of a Llama-family decoder, read from GGUF metadata or an HF config.json."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # HF-style {"rope_type": "llama3", "factor": ..., ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    architecture: str = "llama"
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        assert self.num_heads % self.num_kv_heads == 0, "query heads must be a multiple of KV heads"
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = None  # GGUF file or HF checkpoint dir; None = the bundled SmolLM2
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    block_size: int = 16
+    kv_cache_gib: float = 1.0  # CPU: KV pool size
+    gpu_memory_utilization: float = 0.85  # CUDA: share of memory for weights + activations + KV
+    num_blocks: int | None = None  # overrides the memory budget (tests)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048  # per-step token budget (prefill chunks + decodes)
+    max_model_len: int | None = None  # defaults to the model's context length
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if not (self.kv_cache_gib > 0 and math.isfinite(self.kv_cache_gib)):
+            raise ValueError("kv_cache_gib must be a positive number")

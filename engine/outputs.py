@@ -1,0 +1,64 @@
+"""What the engine hands back: per-request stream items and the stats snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """One item of a request's stream: the new text and tokens since the previous item."""
+
+    request_id: str
+    text_delta: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
+    usage: Usage
+    # Time the request spent queued before its first scheduled step, filled on the first output.
+    queue_time_s: float | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    block_size: int
+    num_blocks: int
+    used_blocks: int      # referenced by live requests
+    cached_blocks: int    # unreferenced but holding a reusable prefix
+    free_blocks: int      # neither
+    shared_blocks: int    # referenced by more than one live request
+    pinned_blocks: int
+    num_running: int
+    num_waiting: int
+    num_preemptions: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+    num_steps: int
+    requests_finished: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def usage_perc(self) -> float:
+        return self.used_blocks / self.num_blocks if self.num_blocks else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.prefix_hit_tokens / self.prefix_query_tokens if self.prefix_query_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["usage_perc"] = self.usage_perc
+        d["hit_rate"] = self.hit_rate
+        return d
