@@ -1,0 +1,127 @@
+"""`RagService`: the one facade the CLI and the HTTP server use for everything RAG.
+
+It owns the data dir's RAG state (lock, catalog, embedded Qdrant shard or a Qdrant server
+connection) and the models (embedder, BM25). All methods are safe to call from a thread pool:
+writes (ingest, delete) are serialised by one lock, reads run concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rag.catalog import Catalog
+from rag.chunker import Chunker, ChunkerConfig, TokenSpans
+from rag.discovery import discover
+from rag.embedder import Embedder
+from rag.ids import make_doc_id, normalize_source
+from rag.ingest import IngestPipeline, IngestProgress, NullProgress, SourceItem
+from rag.lock import OwnerLock
+from rag.retrieval import Retriever
+from rag.settings import RagSettings
+from rag.sparse import Bm25Encoder
+from rag.store.base import VectorStore
+from rag.store.edge import EdgeStore
+from rag.store.server import QdrantServerStore, connect
+from rag.types import CollectionInfo, DocInfo, DocResult, Hit, IngestSummary, Scope
+
+
+class RagService:
+    def __init__(
+        self,
+        data_dir: Path,
+        qdrant_url: str | None = None,
+        embed_model: str | None = None,
+        device: str = "auto",
+        settings: RagSettings | None = None,
+    ) -> None:
+        self.settings = settings or RagSettings()
+        root = Path(data_dir) / "rag"
+        self._owner = OwnerLock(root / "owner.lock")
+        try:
+            self._catalog = Catalog(root / "catalog.db")
+            self.embedder = Embedder(embed_model, device=device)
+            self._store = _open_store(root, qdrant_url, self.embedder.dimension)
+        except BaseException:
+            self._owner.release()
+            raise
+        self._bm25 = Bm25Encoder(avg_len=self.settings.bm25_avg_len)
+        max_tokens = min(self.settings.chunk_tokens, self.embedder.max_tokens - 2)
+        config = ChunkerConfig(max_tokens=max_tokens, overlap_tokens=self.settings.overlap_tokens)
+        self.chunker = Chunker(TokenSpans(self.embedder.tokenizer), config)
+        self._pipeline = IngestPipeline(
+            self.embedder, self._bm25, self.chunker, self._store, self._catalog, self.settings
+        )
+        self._retriever = Retriever(self.embedder, self._bm25, self._store, self.settings)
+        self._write_lock = threading.Lock()
+
+    @property
+    def store(self) -> VectorStore:
+        return self._store
+
+    def ingest_paths(
+        self,
+        paths: Iterable[str | Path],
+        tenant: str,
+        collection: str,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        progress: IngestProgress | None = None,
+    ) -> IngestSummary:
+        scope = Scope(tenant, collection)
+        progress = progress or NullProgress()
+        started = time.perf_counter()
+        files, problems = discover(paths, include, exclude)
+        progress.begin(len(files) + len(problems), sum(f.size for f in files))
+        summary = IngestSummary()
+        for problem in problems:
+            doc_id = make_doc_id(tenant, collection, problem.source)
+            summary.results.append(DocResult(problem.source, doc_id, "failed", error=problem.error))
+            progress.file_done(summary.results[-1])
+        items = [SourceItem(str(f.path), f.size, f.path.read_bytes) for f in files]
+        with self._write_lock:
+            summary.results.extend(self._pipeline.run(scope, items, progress))
+            if summary.num_added or summary.num_replaced:
+                self._store.optimize()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def ingest_bytes(self, tenant: str, collection: str, source: str, data: bytes) -> DocResult:
+        scope = Scope(tenant, collection)
+        item = SourceItem(normalize_source(source), len(data), lambda: data)
+        with self._write_lock:
+            return self._pipeline.run(scope, [item])[0]
+
+    def retrieve(
+        self, tenant: str, collection: str, query: str, top_k: int = 5, mode: str | None = None
+    ) -> list[Hit]:
+        return self._retriever.retrieve(Scope(tenant, collection), query, top_k, mode)
+
+    def list_documents(self, tenant: str, collection: str) -> list[DocInfo]:
+        return self._catalog.documents(Scope(tenant, collection))
+
+    def list_collections(self, tenant: str) -> list[CollectionInfo]:
+        Scope(tenant, "-")  # validates the tenant
+        return self._catalog.collections(tenant)
+
+    def delete_document(self, tenant: str, collection: str, doc_id: str) -> bool:
+        scope = Scope(tenant, collection)
+        with self._write_lock:
+            if self._catalog.find(scope, doc_id) is None:
+                return False
+            self._store.delete_document(scope, doc_id)
+            return self._catalog.delete(doc_id)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._store.close()
+            self._catalog.close()
+            self._owner.release()
+
+
+def _open_store(root: Path, qdrant_url: str | None, dimension: int) -> VectorStore:
+    if qdrant_url:
+        return QdrantServerStore(connect(qdrant_url), dimension)
+    return EdgeStore(root / "edge", dimension)
