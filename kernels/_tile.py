@@ -57,3 +57,15 @@ def tile_pages(table_row_ptr, tile_start, num_pages, PAGE_SIZE: tl.constexpr, TI
     block_of = tl.reshape(tl.broadcast_to(blocks[:, None], [PAGES, SUB]), [TILE])
     offset_of = tl.reshape(tl.broadcast_to(offsets[None, :], [PAGES, SUB]), [TILE])
     return block_of, offset_of
+
+
+@triton.jit
+def tile_operand(x, dtype: tl.constexpr, IS_INT8: tl.constexpr):
+    """A K/V tile as a dot operand of `dtype`; int8 values go through fp32 (exact either way).
+
+    The detour matters only to the CPU interpreter, whose int -> bf16 cast copies the integer into the
+    bf16 bit pattern instead of converting it.
+    """
+    if IS_INT8:
+        return x.to(tl.float32).to(dtype)
+    return x.to(dtype)

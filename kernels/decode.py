@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels._runtime import num_compute_units
-from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_pages
+from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_operand, tile_pages
 
 LOG2E = 1.4426950408889634
 
@@ -150,7 +150,7 @@ def _decode_split_kernel(
         kv_mask = tok_mask[:, None] & dim_mask[None, :]
         k_rows = blocks * stride_kb + offsets * stride_kt + kv_head * stride_kh
         k = tl.load(k_cache_ptr + k_rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tile_dot(q, tl.trans(k.to(q.dtype)), UPCAST_DOT, DOT_PRECISION)
+        scores = tile_dot(q, tl.trans(tile_operand(k, q.dtype, IS_INT8)), UPCAST_DOT, DOT_PRECISION)
         if IS_INT8:
             k_scale = tl.load(k_scale_ptr + blocks * stride_ksb + offsets * stride_kst + kv_head * stride_ksh,
                               mask=tok_mask, other=0.0).to(tl.float32)
@@ -166,7 +166,8 @@ def _decode_split_kernel(
             v_scale = tl.load(v_scale_ptr + blocks * stride_vsb + offsets * stride_vst + kv_head * stride_vsh,
                               mask=tok_mask, other=0.0).to(tl.float32)
             p = p * v_scale[None, :]
-        acc = acc * alpha[:, None] + tile_dot(p.to(q.dtype), v.to(q.dtype), UPCAST_DOT, DOT_PRECISION)
+        acc = acc * alpha[:, None] + tile_dot(p.to(q.dtype), tile_operand(v, q.dtype, IS_INT8), UPCAST_DOT,
+                                             DOT_PRECISION)
         m_i = m_new
 
     has_keys = l_i > 0.0

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_pages
+from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_operand, tile_pages
 from kernels.decode import LOG2E
 
 BLOCK_M = 64
@@ -117,7 +117,7 @@ def _prefill_kernel(
         kv_mask = key_mask[:, None] & dim_mask[None, :]
         k_rows = blocks * stride_kb + offsets * stride_kt + kv_head * stride_kh
         k = tl.load(k_cache_ptr + k_rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tile_dot(q, tl.trans(k.to(q.dtype)), UPCAST_DOT, DOT_PRECISION)
+        scores = tile_dot(q, tl.trans(tile_operand(k, q.dtype, IS_INT8)), UPCAST_DOT, DOT_PRECISION)
         if IS_INT8:
             k_scale = tl.load(k_scale_ptr + blocks * stride_ksb + offsets * stride_kst + kv_head * stride_ksh,
                               mask=key_mask, other=0.0).to(tl.float32)
@@ -135,7 +135,8 @@ def _prefill_kernel(
             v_scale = tl.load(v_scale_ptr + blocks * stride_vsb + offsets * stride_vst + kv_head * stride_vsh,
                               mask=key_mask, other=0.0).to(tl.float32)
             p = p * v_scale[None, :]
-        acc = acc * alpha[:, None] + tile_dot(p.to(q.dtype), v.to(q.dtype), UPCAST_DOT, DOT_PRECISION)
+        acc = acc * alpha[:, None] + tile_dot(p.to(q.dtype), tile_operand(v, q.dtype, IS_INT8), UPCAST_DOT,
+                                             DOT_PRECISION)
         m_i = m_new
 
     result = acc / l_i[:, None]

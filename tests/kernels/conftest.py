@@ -134,6 +134,8 @@ class Int8Cache:
     v_clean: tuple[torch.Tensor, torch.Tensor]
     k_poisoned: tuple[torch.Tensor, torch.Tensor]
     v_poisoned: tuple[torch.Tensor, torch.Tensor]
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
 
 
 def make_int8_cache(cache: PagedCache) -> Int8Cache:
@@ -147,7 +149,7 @@ def make_int8_cache(cache: PagedCache) -> Int8Cache:
         bad_values[~owned] = 127
         bad_scales[~owned] = float("nan")
         parts.append(((values, scales), (bad_values, bad_scales)))
-    return Int8Cache(parts[0][0], parts[1][0], parts[0][1], parts[1][1])
+    return Int8Cache(parts[0][0], parts[1][0], parts[0][1], parts[1][1], cache.block_tables, cache.seq_lens)
 
 
 @pytest.fixture
