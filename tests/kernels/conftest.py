@@ -1,10 +1,12 @@
 """Kernel tests run the Triton kernels on CPU in Triton's interpreter unless told otherwise.
 
-Triton reads TRITON_INTERPRET when a kernel is *defined* (`@triton.jit` builds an interpreted or a
-compiled function then), so the flag is set here, at conftest import, before any kernel module is
-imported by the tests below. If a kernel module was imported earlier in the session without the flag
-(by another package's tests), it is reloaded so its kernels are redefined as interpreted ones; module
-reload rebinds names in place, so functions imported before still find the new kernels.
+Triton reads TRITON_INTERPRET when a function is *defined* by `@triton.jit` (it builds an interpreted
+or a compiled function then), and that includes triton's own helpers (tl.sum, tl.cdiv, ...) defined
+when triton is first imported. So the flag is set here, at conftest import, before the tests below
+import the kernels. If triton was already imported without it (by another package's tests, or by
+torch probing for it), nothing in this process can run a kernel on CPU: the tests of this directory
+that were selected then run once in a fresh `python -m pytest` subprocess with the flag, and each test
+here reports its outcome there (`pytest_pyfunc_call` below).
 
 With TRITON_INTERPRET=0 and a CUDA device, the same tests run on the GPU.
 """
@@ -12,10 +14,11 @@ With TRITON_INTERPRET=0 and a CUDA device, the same tests run on the GPU.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,24 +27,52 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import is_interpreting
 
-KERNEL_MODULES = ("kernels._tile", "kernels.cache", "kernels.decode", "kernels.prefill",
-                  "kernels.triton_backend")
+HERE = Path(__file__).resolve().parent
+CHILD_FLAG = "KERNEL_TESTS_SUBPROCESS"
 
 
-def _ensure_interpreted() -> None:
-    if not is_interpreting():
-        return
+def _triton_imported_before_flag() -> bool:
+    if not is_interpreting() or "triton" not in sys.modules:
+        return False
+    import triton.language.standard as standard
     from triton.runtime.interpreter import InterpretedFunction
 
-    tile = sys.modules.get("kernels._tile")
-    if tile is None or isinstance(tile.tile_dot, InterpretedFunction):
-        return
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+    return not isinstance(standard.cdiv, InterpretedFunction)
 
 
-_ensure_interpreted()
+RUN_IN_SUBPROCESS = _triton_imported_before_flag()
+if RUN_IN_SUBPROCESS and os.environ.get(CHILD_FLAG):
+    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 even in a fresh subprocess")
+
+
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run normally, or report the outcome of this test in the interpreter subprocess."""
+    if not RUN_IN_SUBPROCESS:
+        return None
+    outcome = _subprocess_outcomes(pyfuncitem.session).get(pyfuncitem.nodeid, "not reported")
+    if outcome == "PASSED":
+        return True
+    pytest.fail(f"under TRITON_INTERPRET=1 in a subprocess: {outcome}", pytrace=False)
+
+
+def _subprocess_outcomes(session: pytest.Session) -> dict[str, str]:
+    """nodeid -> PASSED / FAILED ... for this directory's selected tests, run once per session."""
+    cached = getattr(session, "_kernel_outcomes", None)
+    if cached is not None:
+        return cached
+    nodeids = [item.nodeid for item in session.items if Path(item.path).resolve().is_relative_to(HERE)]
+    command = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *nodeids]
+    env = os.environ | {"TRITON_INTERPRET": "1", CHILD_FLAG: "1"}
+    result = subprocess.run(command, cwd=session.config.rootpath, env=env, capture_output=True, text=True,
+                            timeout=1200)
+    outcomes = {}
+    for line in result.stdout.splitlines():
+        status, _, rest = line.partition(" ")
+        if status in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"):
+            nodeid, _, reason = rest.partition(" - ")
+            outcomes[nodeid] = status if status == "PASSED" else f"{status} {reason}".strip()
+    session._kernel_outcomes = outcomes
+    return outcomes
 
 
 @pytest.fixture
