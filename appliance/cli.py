@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "appliance.commands.generate",
     "appliance.commands.bench",
+    "appliance.commands.serve",
 ]
 
 

@@ -1,0 +1,127 @@
+"""Admin-key endpoints: the /admin/stats snapshot, tenants, keys, cache flush, admission pause/resume."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from appliance.server.errors import ApiError, not_found
+from appliance.server.params import read_json
+from appliance.server.state import AppState, state_of
+from appliance.server.store import ROLES, StoreError
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = state_of(request)
+    engine_stats = await state.need_engine().get_stats()
+    state.metrics.rates.sample(engine_stats.prompt_tokens_total, engine_stats.generation_tokens_total)
+    usage = await asyncio.to_thread(state.store.usage_by_tenant)
+    return web.json_response(build_stats(state, engine_stats, usage))
+
+
+def build_stats(state: AppState, s, usage: dict) -> dict:
+    """The /admin/stats document (its shape is a contract; see docs/api.md)."""
+    return {
+        "model": state.model_name,
+        "status": server_status(state),
+        "uptime_s": round(time.time() - state.started_at, 3),
+        "kv": {"block_size": s.block_size, "num_blocks": s.num_blocks, "used_blocks": s.used_blocks,
+               "cached_blocks": s.cached_blocks, "free_blocks": s.free_blocks, "usage_perc": s.usage_perc,
+               "shared_blocks": s.shared_blocks, "pinned_blocks": s.pinned_blocks},
+        "prefix_cache": {"query_tokens": s.prefix_query_tokens, "hit_tokens": s.prefix_hit_tokens,
+                         "hit_rate": s.hit_rate},
+        "requests": {"running": s.num_running, "waiting": s.num_waiting,
+                     "preemptions_total": s.num_preemptions, "finished": s.requests_finished},
+        "throughput": state.metrics.rates.rates(),
+        "latency": state.metrics.latency_summary(),
+        "totals": {"prompt_tokens_computed": s.prompt_tokens_total,
+                   "generation_tokens": s.generation_tokens_total, "engine_steps": s.num_steps},
+        "tenants": usage,
+        "admission": state.admission.snapshot(),
+    }
+
+
+def server_status(state: AppState) -> str:
+    if state.admission.is_draining:
+        return "draining"
+    if not state.is_loaded:
+        return "loading"
+    return "paused" if state.admission.is_paused else "ready"
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    tenants = state_of(request).store.list_tenants()
+    return web.json_response({"tenants": [t.to_dict() for t in tenants]})
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    name = body.string("name", max_len=64)
+    quota = body.integer("token_quota_per_day", state.config.default_token_quota_per_day, minimum=0)
+    rpm = body.integer("requests_per_minute", state.config.default_requests_per_minute, minimum=0)
+    try:
+        tenant = state.store.create_tenant(name, quota, rpm)
+    except StoreError as exc:
+        exists = "already exists" in str(exc)
+        raise ApiError(409 if exists else 400, str(exc), "name",
+                       "tenant_exists" if exists else "invalid_value") from None
+    return web.json_response(tenant.to_dict(), status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    tenant = request.query.get("tenant") or None
+    return web.json_response({"keys": state_of(request).store.list_keys(tenant)})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    role = body.string("role", "tenant", max_len=16)
+    if role not in ROLES:
+        raise ApiError(400, f"'role' must be one of {', '.join(ROLES)}", "role", "invalid_value")
+    tenant = body.string("tenant", "admin" if role == "admin" else None, max_len=64)
+    if tenant is None:
+        raise ApiError(400, "'tenant' is required", "tenant", "missing_required_parameter")
+    try:
+        key_id, key = state.store.create_key(tenant, role, body.string("name", "", max_len=200,
+                                                                        allow_empty=True))
+    except StoreError as exc:
+        raise not_found(str(exc), "tenant", "tenant_not_found") from None
+    return web.json_response({"id": key_id, "key": key, "tenant": tenant, "role": role}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    if not state_of(request).store.revoke_key(key_id):
+        raise not_found(f"no active key with id '{key_id}'", "key_id", "key_not_found")
+    return web.json_response({"revoked": True, "id": key_id})
+
+
+async def flush_cache(request: web.Request) -> web.Response:
+    engine = state_of(request).need_engine()
+    flushed = await asyncio.to_thread(engine.flush_prefix_cache)
+    return web.json_response({"flushed_blocks": flushed})
+
+
+async def pause(request: web.Request) -> web.Response:
+    state = state_of(request)
+    state.admission.is_paused = True
+    return web.json_response(state.admission.snapshot())
+
+
+async def resume(request: web.Request) -> web.Response:
+    state = state_of(request)
+    state.admission.is_paused = False
+    return web.json_response(state.admission.snapshot())
+
+
+async def audit(request: web.Request) -> web.Response:
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise ApiError(400, "'limit' must be an integer", "limit", "invalid_type") from None
+    rows = await asyncio.to_thread(state_of(request).store.audit_rows, limit)
+    return web.json_response({"entries": rows})

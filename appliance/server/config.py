@@ -1,0 +1,149 @@
+"""Server settings: defaults < TOML file < `APPLIANCE_*` environment < command-line flags.
+
+Every field of ServerConfig can be set in all three places; the env name is the field name upper-cased
+with an `APPLIANCE_` prefix (`max_queued_requests` -> `APPLIANCE_MAX_QUEUED_REQUESTS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "APPLIANCE_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    model: str | None = None          # GGUF file or HF dir; None = the bundled SmolLM2
+    device: str = "auto"
+    dtype: str = "auto"
+    qdrant_url: str | None = None     # None = embedded Qdrant Edge under data_dir
+    kv_cache_gib: float = 1.0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    # Backpressure: requests admitted but not yet producing tokens. Beyond either bound: 503.
+    max_queued_requests: int = 256
+    max_queued_tokens: int = 262144
+    default_max_tokens: int = 256     # when a request names no max_tokens
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    log_prompts: bool = False         # store prompts in the audit log (off: never)
+    admin_key: str | None = None      # bootstraps an admin key (APPLIANCE_ADMIN_KEY)
+    rag_top_k: int = 4
+    rag_system_prompt: str = (
+        "You are a helpful assistant. Answer the question using only the numbered context passages. "
+        "Cite the passages you use with their labels, like [1]. If the context does not contain the "
+        "answer, say that you do not know."
+    )
+    # Limits of tenants created without explicit ones (None = unlimited).
+    default_token_quota_per_day: int | None = None
+    default_requests_per_minute: int | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def validate(self) -> ServerConfig:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        positive = ("kv_cache_gib", "max_num_seqs", "max_num_batched_tokens", "max_queued_requests",
+                    "max_queued_tokens", "default_max_tokens", "max_body_bytes", "max_upload_bytes",
+                    "rag_top_k")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError("drain_timeout_s must be >= 0")
+        if self.admin_key is not None and len(self.admin_key) < 16:
+            raise ConfigError("APPLIANCE_ADMIN_KEY must be at least 16 characters")
+        return self
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,
+                environ: dict[str, str] | None = None) -> ServerConfig:
+    """Merge the layers; `overrides` are flags the user gave (None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(_read_toml(Path(path)))
+    values.update(_read_env(environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return ServerConfig(**values).validate()
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(ServerConfig)}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = data.get("server", data)  # either a [server] table or top-level keys
+    known = _field_types()
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[name] = _coerce(name, known[name], value)
+    return out
+
+
+def _read_env(environ: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for name, type_name in _field_types().items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            out[name] = _coerce(name, type_name, raw)
+    return out
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    try:
+        if type_name.startswith("bool"):
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if type_name.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"setting {name}: cannot read {value!r} as {type_name}") from None
+    return str(value)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
+    return dataclasses.replace(config, **changes).validate()

@@ -1,0 +1,171 @@
+"""`/v1/models`, `/v1/chat/completions`, `/v1/completions`: the OpenAI-compatible surface.
+
+Streaming follows OpenAI's SSE shape: one id for the whole stream, a role-first delta (chat), text
+deltas, a chunk carrying finish_reason, an optional usage chunk with empty choices, `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from appliance.server.errors import ApiError
+from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
+from appliance.server.openai_params import (
+    StreamOptions,
+    check_model,
+    parse_messages,
+    parse_prompt,
+    parse_sampling,
+    parse_stream,
+    reject_unsupported,
+)
+from appliance.server.params import read_json
+from appliance.server.sse import SseWriter
+from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
+
+
+@dataclass(slots=True)
+class Shape:
+    """How one kind of completion is shaped on the wire."""
+
+    id: str
+    model: str
+    is_chat: bool
+    created: int
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.is_chat else "text_completion"
+
+    def chunk(self, choices: list[dict], usage: dict | None = None, with_usage: bool = False) -> dict:
+        out = {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.model,
+               "choices": choices}
+        if with_usage:
+            out["usage"] = usage
+        return out
+
+    def delta(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+        if self.is_chat:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+    def full(self, text: str, finish_reason: str | None, usage: dict) -> dict:
+        if self.is_chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {"id": self.id, "object": "chat.completion" if self.is_chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "usage": usage,
+                "system_fingerprint": None}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = state_of(request)
+    state.need_engine()
+    return web.json_response({"object": "list", "data": [_model_card(state)]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = state_of(request)
+    state.need_engine()
+    if request.match_info["model"] != state.model_name:
+        raise ApiError(404, f"The model '{request.match_info['model']}' does not exist", "model",
+                       "model_not_found")
+    return web.json_response(_model_card(state))
+
+
+def _model_card(state: AppState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": int(state.started_at),
+            "owned_by": "appliance", "max_model_len": state.context_limit}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state, ctx = state_of(request), ctx_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    engine = state.need_engine()
+    model = check_model(body, state)
+    messages = parse_messages(body)
+    reject_unsupported(body)
+    options = parse_stream(body)
+    prompt_ids = await asyncio.to_thread(_chat_ids, engine, messages)
+    if state.config.log_prompts:
+        ctx.prompt = json.dumps(messages, ensure_ascii=False)
+    job = Job(f"chatcmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
+              principal_of(request).tenant, "messages")
+    shape = Shape(job.request_id, model, True, int(time.time()))
+    return await _complete(request, state, ctx, job, shape, options)
+
+
+def _chat_ids(engine, messages: list[dict]) -> list[int]:
+    try:
+        return engine.tokenizer.apply_chat_template(messages)
+    except ValueError as exc:
+        raise ApiError(400, f"cannot apply the chat template: {exc}", "messages", "invalid_value") from None
+    except Exception as exc:  # jinja raises TemplateError for message orders the template refuses
+        raise ApiError(400, f"the chat template refused these messages: {exc}", "messages",
+                       "invalid_value") from None
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state, ctx = state_of(request), ctx_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    engine = state.need_engine()
+    model = check_model(body, state)
+    prompt = parse_prompt(body, engine.tokenizer.vocab_size)
+    reject_unsupported(body)
+    options = parse_stream(body)
+    if isinstance(prompt, str):
+        prompt_ids = await asyncio.to_thread(engine.tokenizer.encode, prompt)
+    else:
+        prompt_ids = prompt
+    if state.config.log_prompts:
+        ctx.prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    job = Job(f"cmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
+              principal_of(request).tenant, "prompt")
+    shape = Shape(job.request_id, model, False, int(time.time()))
+    return await _complete(request, state, ctx, job, shape, options)
+
+
+async def _complete(request: web.Request, state: AppState, ctx: RequestContext, job: Job, shape: Shape,
+                    options: StreamOptions) -> web.StreamResponse:
+    validate_job(state, job)
+    with admitted(state, job) as ticket:
+        if options.stream:
+            return await _stream(request, state, ctx, job, ticket, shape, options.include_usage)
+        parts, finish_reason = [], None
+        async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
+            async for out in outputs:
+                parts.append(out.text_delta)
+                finish_reason = out.finish_reason if out.finished else None
+        return web.json_response(shape.full("".join(parts), finish_reason, usage_dict(ctx)))
+
+
+async def _stream(request: web.Request, state: AppState, ctx: RequestContext, job: Job, ticket,
+                  shape: Shape, include_usage: bool) -> web.StreamResponse:
+    sse = SseWriter(request, ctx)
+    try:
+        await sse.start()
+        if shape.is_chat:
+            await sse.send(shape.chunk([shape.delta(None, role=True)], None, include_usage))
+        async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
+            async for out in outputs:
+                if out.text_delta:
+                    await sse.send(shape.chunk([shape.delta(out.text_delta)], None, include_usage))
+                if out.finished:
+                    await sse.send(shape.chunk([shape.delta(None, out.finish_reason)], None, include_usage))
+        if include_usage:
+            await sse.send(shape.chunk([], usage_dict(ctx), True))
+        await sse.done()
+    except ApiError as err:
+        await sse.fail(err)
+    except ConnectionResetError:
+        ctx.client_gone = True
+    return sse.response

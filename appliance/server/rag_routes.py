@@ -1,0 +1,208 @@
+"""Retrieval and documents: `/v1/rag/retrieve`, `/v1/rag/query`, `/v1/collections/...`.
+
+Every call is scoped to the caller's tenant: a collection name is looked up only among the
+tenant's own collections, so naming another tenant's collection finds nothing (404), never its
+data. RagService work (embedding, search, ingest) runs in worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+from aiohttp import web
+
+from appliance.server.errors import ApiError, bad_request, not_found
+from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
+from appliance.server.openai_params import parse_sampling
+from appliance.server.params import Body, read_json, too_large
+from appliance.server.sse import SseWriter
+from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
+from appliance.server.store import valid_name
+from rag import build_rag_prompt
+from rag.settings import SEARCH_MODES
+
+MAX_QUERY_CHARS = 8192
+MAX_TOP_K = 50
+
+
+def _collection(name: str) -> str:
+    if not valid_name(name):
+        raise bad_request("collection names are 1-64 characters of letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit", "collection", "invalid_value")
+    return name
+
+
+def _has_collection(state: AppState, tenant: str, collection: str) -> bool:
+    return any(c.name == collection for c in state.need_rag().list_collections(tenant))
+
+
+def _missing(collection: str) -> ApiError:
+    return not_found(f"collection '{collection}' not found", "collection", "collection_not_found")
+
+
+async def _retrieve(state: AppState, tenant: str, body: Body, default_top_k: int) -> tuple[str, list]:
+    """Validate the retrieval fields and run the search; 404 when the tenant has no such collection."""
+    query = body.string("query", max_len=MAX_QUERY_CHARS)
+    collection = _collection(body.string("collection", max_len=64))
+    top_k = body.integer("top_k", default_top_k, minimum=1, maximum=MAX_TOP_K)
+    mode = body.string("mode", None, max_len=16)
+    if mode is not None and mode not in SEARCH_MODES:
+        raise bad_request(f"'mode' must be one of {', '.join(SEARCH_MODES)}", "mode", "invalid_value")
+    rag = state.need_rag()
+
+    def search() -> list | None:
+        if not _has_collection(state, tenant, collection):
+            return None
+        return rag.retrieve(tenant, collection, query, top_k, mode)
+
+    started = time.monotonic()
+    hits = await asyncio.to_thread(search)
+    if hits is None:
+        raise _missing(collection)
+    state.metrics.observe_retrieval(time.monotonic() - started)
+    return query, hits
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    _, hits = await _retrieve(state, principal_of(request).tenant, body, 5)
+    return web.json_response({"results": [hit.to_dict() for hit in hits]})
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    state, ctx = state_of(request), ctx_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    engine = state.need_engine()
+    stream = body.boolean("stream", False)
+    system = body.string("system_prompt", state.config.rag_system_prompt, max_len=MAX_QUERY_CHARS)
+    if not body.has("temperature"):
+        body.data["temperature"] = 0.0  # grounded answers: greedy unless asked otherwise
+    tenant = principal_of(request).tenant
+    question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
+    prompt = build_rag_prompt(system, hits, question)
+    prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
+    if state.config.log_prompts:
+        ctx.prompt = question
+    job = Job(f"rag-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)), tenant,
+              "query")
+    validate_job(state, job)
+    head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
+    with admitted(state, job) as ticket:
+        if stream:
+            return await _stream_answer(request, state, ctx, job, ticket, head, prompt.sources)
+        parts, finish_reason = [], None
+        async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
+            async for out in outputs:
+                parts.append(out.text_delta)
+                finish_reason = out.finish_reason if out.finished else None
+    return web.json_response({**head, "object": "rag.answer", "answer": "".join(parts).strip(),
+                              "sources": prompt.sources, "finish_reason": finish_reason,
+                              "usage": usage_dict(ctx)})
+
+
+async def _stream_answer(request: web.Request, state: AppState, ctx: RequestContext, job: Job, ticket,
+                         head: dict, sources: list[dict]) -> web.StreamResponse:
+    sse = SseWriter(request, ctx)
+    chunk = {**head, "object": "rag.answer.chunk"}
+    try:
+        await sse.start()
+        finish_reason = None
+        async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
+            async for out in outputs:
+                if out.text_delta:
+                    await sse.send({**chunk, "delta": out.text_delta, "finish_reason": None})
+                finish_reason = out.finish_reason if out.finished else None
+        await sse.send({**chunk, "delta": "", "finish_reason": finish_reason, "sources": sources,
+                        "usage": usage_dict(ctx)})
+        await sse.done()
+    except ApiError as err:
+        await sse.fail(err)
+    except ConnectionResetError:
+        ctx.client_gone = True
+    return sse.response
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    state = state_of(request)
+    rag = state.need_rag()
+    collections = await asyncio.to_thread(rag.list_collections, principal_of(request).tenant)
+    return web.json_response({"collections": [c.to_dict() for c in collections]})
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    state = state_of(request)
+    collection = _collection(request.match_info["collection"])
+    tenant = principal_of(request).tenant
+    docs = await asyncio.to_thread(state.need_rag().list_documents, tenant, collection)
+    if not docs:
+        raise _missing(collection)
+    return web.json_response({"documents": [d.to_dict() for d in docs]})
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    state = state_of(request)
+    collection = _collection(request.match_info["collection"])
+    doc_id = request.match_info["doc_id"]
+    deleted = await asyncio.to_thread(state.need_rag().delete_document, principal_of(request).tenant,
+                                      collection, doc_id)
+    if not deleted:
+        raise not_found(f"document '{doc_id}' not found in collection '{collection}'", "doc_id",
+                        "document_not_found")
+    return web.json_response({"deleted": True, "doc_id": doc_id})
+
+
+async def upload_documents(request: web.Request) -> web.Response:
+    state = state_of(request)
+    collection = _collection(request.match_info["collection"])
+    rag = state.need_rag()
+    files = await _read_files(request, state.config.max_upload_bytes)
+    tenant = principal_of(request).tenant
+    results = []
+    for source, data in files:
+        try:
+            result = await asyncio.to_thread(rag.ingest_bytes, tenant, collection, source, data)
+        except ValueError as exc:  # e.g. a source path that normalises to nothing
+            raise bad_request(f"cannot ingest {source!r}: {exc}", "file", "invalid_value") from None
+        state.metrics.ingest_documents.inc(status=result.status)
+        if result.status in ("added", "replaced"):
+            state.metrics.ingest_chunks.inc(result.chunks)
+        results.append(result.to_dict())
+    return web.json_response({"results": results})
+
+
+async def _read_files(request: web.Request, limit: int) -> list[tuple[str, bytes]]:
+    """The multipart parts named `file`, each with its filename (the document's source path)."""
+    if not request.content_type.startswith("multipart/"):
+        raise bad_request("upload documents as multipart/form-data with one or more parts named 'file'",
+                          "file", "invalid_content_type")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    try:
+        return await _collect_parts(await request.multipart(), limit)
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise bad_request(f"malformed multipart body: {exc}", "file", "invalid_multipart") from None
+
+
+async def _collect_parts(reader, limit: int) -> list[tuple[str, bytes]]:
+    files, total = [], 0
+    while (part := await reader.next()) is not None:
+        if part.name != "file" or not hasattr(part, "read_chunk"):
+            await part.release()
+            continue
+        if not part.filename or not part.filename.strip():
+            raise bad_request("each 'file' part needs a filename (the document's source path)", "file",
+                              "missing_filename")
+        data = bytearray()
+        while chunk := await part.read_chunk():
+            total += len(chunk)
+            if total > limit:
+                raise too_large(limit)
+            data += chunk
+        files.append((part.filename, bytes(data)))
+    if not files:
+        raise bad_request("no parts named 'file' in the upload", "file", "missing_required_parameter")
+    return files
+

@@ -1,0 +1,109 @@
+"""Running the server process: listen, load, serve until SIGTERM/SIGINT, then drain and exit.
+
+Drain: stop admitting (503 + Retry-After, /health 503), let in-flight requests finish within the
+drain timeout, abort what is left (their streams end with an error event), then close the listener,
+the retrieval store, the engine and the control store, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from appliance.server.app import create_app, load_components, sample_rates
+from appliance.server.config import ServerConfig
+from appliance.server.state import STATE, AppState
+
+log = logging.getLogger(__name__)
+ABORT_GRACE_S = 5.0
+
+
+async def drain(state: AppState, timeout: float) -> bool:
+    """True when every request finished on its own; False when some had to be aborted."""
+    state.admission.is_draining = True
+    log.info("draining: %d requests in flight, up to %.0f s", state.admission.num_active, timeout)
+    if await state.admission.wait_idle(timeout):
+        return True
+    tickets = list(state.admission.tickets.values())
+    log.warning("drain timeout: aborting %d engine requests", len(tickets))
+    for ticket in tickets:
+        ticket.abort_reason = "server_shutting_down"
+        if state.engine is not None:
+            state.engine.abort(ticket.request_id)
+    await state.admission.wait_idle(ABORT_GRACE_S)
+    return False
+
+
+async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None = None) -> int:
+    """Run until a stop signal; returns the process exit code (0 after a clean drain)."""
+    app = create_app(config)
+    state = app[STATE]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=ABORT_GRACE_S)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        state.store.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    url = _bound_url(site, config)
+    if on_listening is not None:
+        on_listening(url)
+    stop = asyncio.Event()
+    _install_signals(stop)
+    loader = asyncio.create_task(load_components(state))
+    sampler = asyncio.create_task(sample_rates(state))
+    code = await _wait(stop, loader, state)
+    if code == 0:
+        await drain(state, config.drain_timeout_s)
+    sampler.cancel()
+    await runner.cleanup()
+    await _close(state)
+    return code
+
+
+async def _wait(stop: asyncio.Event, loader: asyncio.Task, state: AppState) -> int:
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopper, loader}, return_when=asyncio.FIRST_COMPLETED)
+    if loader.done() and not loader.cancelled() and loader.exception() is not None:
+        exc = loader.exception()
+        state.load_error = " ".join(str(exc).split()) or type(exc).__name__
+        stopper.cancel()
+        print(f"appliance: error: cannot start: {state.load_error}", file=sys.stderr, flush=True)
+        return 1
+    if not loader.done():
+        loader.cancel()  # stopped while loading: nothing in flight to drain
+    await stopper
+    return 0
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _bound_url(site: web.TCPSite, config: ServerConfig) -> str:
+    server = site._server
+    port = config.port
+    if server is not None and getattr(server, "sockets", None):
+        port = server.sockets[0].getsockname()[1]
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    return f"http://{host}:{port}"
+
+
+async def _close(state: AppState) -> None:
+    if state.rag is not None:
+        await asyncio.to_thread(state.rag.close)
+    if state.engine is not None:
+        await asyncio.to_thread(state.engine.shutdown)
+    state.store.close()
+    log.info("stopped")

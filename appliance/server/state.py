@@ -1,0 +1,100 @@
+"""What the handlers share: the app-wide state and the per-request context."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from appliance.server.admission import Admission
+from appliance.server.config import ServerConfig
+from appliance.server.errors import unavailable
+from appliance.server.limits import TenantLimits
+from appliance.server.metrics import ServerMetrics
+from appliance.server.store import ControlStore, Principal
+
+if TYPE_CHECKING:
+    from engine import AsyncEngine
+    from rag import RagService
+
+RETRY_AFTER_LOADING_S = 5
+
+
+@dataclass(slots=True)
+class AppState:
+    config: ServerConfig
+    store: ControlStore
+    metrics: ServerMetrics
+    admission: Admission
+    limits: TenantLimits
+    engine: AsyncEngine | None = None
+    rag: RagService | None = None
+    model_name: str = ""
+    context_limit: int = 0  # prompt + completion tokens one request may use
+    load_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, config: ServerConfig, store: ControlStore) -> AppState:
+        return cls(config, store, ServerMetrics(),
+                   Admission(config.max_queued_requests, config.max_queued_tokens), TenantLimits(store))
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.engine is not None and self.rag is not None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.is_loaded and not self.admission.is_draining
+
+    def need_engine(self) -> AsyncEngine:
+        if self.engine is None:
+            raise unavailable("the model is still loading", RETRY_AFTER_LOADING_S, "model_loading")
+        return self.engine
+
+    def need_rag(self) -> RagService:
+        if self.rag is None:
+            raise unavailable("the retrieval service is still loading", RETRY_AFTER_LOADING_S,
+                              "model_loading")
+        return self.rag
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Filled while a request is handled; the gateway writes it to the audit log at the end."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    principal: Principal | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    counts_usage: bool = False  # the request reached the engine: its tokens go to the tenant's usage
+    error_code: str | None = None
+    prompt: str | None = None
+    client_gone: bool = False
+
+    @property
+    def tenant(self) -> str | None:
+        return self.principal.tenant if self.principal else None
+
+
+STATE = web.AppKey("state", AppState)
+CTX = "appliance.ctx"
+
+
+def state_of(request: web.Request) -> AppState:
+    return request.app[STATE]
+
+
+def ctx_of(request: web.Request) -> RequestContext:
+    return request[CTX]
+
+
+def principal_of(request: web.Request) -> Principal:
+    principal = ctx_of(request).principal
+    assert principal is not None, "route is public but the handler needs a principal"
+    return principal
