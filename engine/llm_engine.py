@@ -71,7 +71,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        limit = min(self.max_model_len, self.runner.num_blocks * self.config.block_size)
+        limit = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
         if len(ids) + params.max_tokens > limit:
             raise InvalidRequestError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -152,6 +152,24 @@ class LLMEngine:
     @staticmethod
     def _usage(seq: Sequence) -> Usage:
         return Usage(seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+
+    def reconfigure(self, num_blocks: int | None = None, max_num_batched_tokens: int | None = None,
+                    max_num_seqs: int | None = None, enable_prefix_caching: bool | None = None) -> None:
+        """Re-plan the scheduler and block pool over the loaded weights (no request may be live).
+
+        Benchmarks use it to compare cache on/off in one run; tests to force block pressure.
+        """
+        assert not self.has_unfinished(), "reconfigure needs an idle engine"
+        c = self.config
+        if max_num_batched_tokens is not None:
+            c.max_num_batched_tokens = max_num_batched_tokens
+        if max_num_seqs is not None:
+            c.max_num_seqs = max_num_seqs
+        if enable_prefix_caching is not None:
+            c.enable_prefix_caching = enable_prefix_caching
+        blocks = min(num_blocks or self.runner.num_blocks, self.runner.num_blocks)
+        self.block_manager = BlockManager(blocks, c.block_size, c.enable_prefix_caching)
+        self.scheduler = Scheduler(c, self.block_manager)
 
     # --- operator actions and stats ----------------------------------------------------------
     def flush_prefix_cache(self) -> int:

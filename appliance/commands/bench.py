@@ -1,0 +1,22 @@
+"""`appliance bench engine|prefix|serve|ingest`: benchmarks that print their numbers and the peer's."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> module exposing add_arguments(parser) and run(args) -> int
+BENCHMARKS = {
+    "engine": "appliance.bench.engine",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="run a benchmark (engine, prefix, serve, ingest)")
+    sub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        bp = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(bp)
+        bp.set_defaults(func=module.run)
+    p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -1,0 +1,170 @@
+"""The asyncio face of the engine: the step loop runs in its own thread, never on the event loop.
+
+Callers on an event loop add requests and aborts through a command queue (non-blocking) and read
+each request's outputs from an asyncio.Queue fed with call_soon_threadsafe. Anything that must read
+or change the engine's state directly (stats, flush) takes the engine lock in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import EngineStats, RequestOutput
+from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop failed; the request cannot complete."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig | None = None) -> AsyncEngine:
+        return cls(LLMEngine(config))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="engine-step-loop", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- requests ----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def validate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise InvalidRequestError now, on the caller's side, for a request that cannot run."""
+        self.engine.validate(request_id + "\x00new", prompt_ids, params)
+
+    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                       salt: str = "", public_prefix_len: int = 0) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; leaving the iteration early aborts it and frees its blocks."""
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in flight")
+        self._streams[request_id] = stream
+        self._send(("add", request_id, prompt, params, salt, public_prefix_len))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(request_id)
+            self._streams.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    def _send(self, command: tuple) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    # --- state -------------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        with self.lock:
+            return self.engine.stats()
+
+    def flush_prefix_cache(self) -> int:
+        with self.lock:
+            return self.engine.flush_prefix_cache()
+
+    async def get_stats(self) -> EngineStats:
+        return await asyncio.to_thread(self.stats)
+
+    # --- the loop (engine thread) -------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain_commands()
+            if not self.engine.has_unfinished():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                with self.lock:
+                    outputs = self.engine.step()
+            except Exception as exc:  # keep serving: fail the live requests, not the process
+                log.exception("engine step failed")
+                self._fail_all(EngineDeadError(f"engine step failed: {exc}"))
+                continue
+            self._dispatch(outputs)
+        self._fail_all(EngineDeadError("engine is shutting down"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                self._add(*command[1:])
+            else:
+                with self.lock:
+                    out = self.engine.abort(command[1])
+                if out is not None:
+                    self._dispatch([out])
+
+    def _add(self, request_id, prompt, params, salt, public_prefix_len) -> None:
+        if request_id not in self._streams:
+            return  # the caller gave up before the request reached the engine
+        try:
+            with self.lock:
+                self.engine.add_request(request_id, prompt, params, salt, public_prefix_len)
+        except Exception as exc:
+            self._deliver(request_id, exc)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            self._deliver(out.request_id, out)
+
+    def _deliver(self, request_id: str, item) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None and not stream.loop.is_closed():
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self.lock:
+            for request_id in list(self.engine.requests):
+                self.engine.abort(request_id)
+        for request_id in list(self._streams):
+            self._deliver(request_id, exc)
