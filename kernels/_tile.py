@@ -19,6 +19,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def check_page_size(page_size: int) -> None:
+    """Tiles and pages nest only when both are powers of two (the engine's default page is 16)."""
+    if page_size < 1 or page_size & (page_size - 1):
+        raise ValueError(f"the Triton kernels need a power-of-two page (block) size, got {page_size}")
+
+
 def dot_settings(q_dtype: torch.dtype) -> dict[str, object]:
     """Constexprs for `tile_dot`: fp32 inputs stay exact (no TF32) so they match the fp32 reference.
 
@@ -49,8 +55,8 @@ def tile_pages(table_row_ptr, tile_start, num_pages, PAGE_SIZE: tl.constexpr, TI
     at multiples of TILE, so a tile never covers part of a page it shares with another tile's
     start. Pages at or past `num_pages` read block 0; the caller masks their tokens.
     """
-    PAGES: tl.constexpr = TILE // PAGE_SIZE if TILE > PAGE_SIZE else 1
-    SUB: tl.constexpr = PAGE_SIZE if TILE > PAGE_SIZE else TILE
+    PAGES: tl.constexpr = (TILE + PAGE_SIZE - 1) // PAGE_SIZE  # 1 when a page holds the whole tile
+    SUB: tl.constexpr = TILE // PAGES
     pages = tile_start // PAGE_SIZE + tl.arange(0, PAGES)
     blocks = tl.load(table_row_ptr + pages, mask=pages < num_pages, other=0).to(tl.int64)
     offsets = (tile_start % PAGE_SIZE + tl.arange(0, SUB)).to(tl.int64)

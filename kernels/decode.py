@@ -18,9 +18,22 @@ import triton
 import triton.language as tl
 
 from kernels._runtime import num_compute_units
-from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_operand, tile_pages
+from kernels._tile import (
+    MIN_DOT,
+    check_page_size,
+    dot_settings,
+    next_pow2,
+    tile_dot,
+    tile_operand,
+    tile_pages,
+)
 
 LOG2E = 1.4426950408889634
+
+
+DECODE_TILE = 64  # tokens per K/V tile: 16 KiB of bf16 K at head dim 128
+MIN_TILES_PER_SPLIT = 4
+MAX_SPLITS = 64
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,13 +45,12 @@ class DecodePlan:
     tile: int
 
 
-def plan_decode(num_seqs: int, num_kv_heads: int, max_len_bound: int, page_size: int,
-                device: torch.device, num_splits: int | None = None) -> DecodePlan:
+def plan_decode(num_seqs: int, num_kv_heads: int, max_len_bound: int, device: torch.device,
+                num_splits: int | None = None, tile: int = DECODE_TILE) -> DecodePlan:
     """Split long contexts only when (sequence, KV head) pairs alone leave compute units idle.
 
     Each split keeps at least `MIN_TILES_PER_SPLIT` tiles so the merge stays cheap next to the reads.
     """
-    tile = max(MIN_DOT, min(64, next_pow2(page_size)))
     num_tiles = max(1, triton.cdiv(max_len_bound, tile))
     if num_splits is None:
         wanted = triton.cdiv(2 * num_compute_units(device), max(1, num_seqs * num_kv_heads))
@@ -46,10 +58,6 @@ def plan_decode(num_seqs: int, num_kv_heads: int, max_len_bound: int, page_size:
     num_splits = max(1, min(num_splits, num_tiles))
     tiles_per_split = triton.cdiv(num_tiles, num_splits)
     return DecodePlan(triton.cdiv(num_tiles, tiles_per_split), tiles_per_split * tile, tile)
-
-
-MIN_TILES_PER_SPLIT = 4
-MAX_SPLITS = 64
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -67,20 +75,39 @@ def paged_decode_attention_int8(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
-                     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Decode attention with an optional int8 cache (`scales`), split count and output buffer."""
-    num_seqs, num_heads, head_dim = q.shape
-    _, page_size, num_kv_heads, _ = k_cache.shape
+                     scales: tuple[torch.Tensor, torch.Tensor] | None = None, num_splits: int | None = None,
+                     tile: int = DECODE_TILE, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode attention with an optional int8 cache (`scales`), split count, tile and output buffer."""
+    check_page_size(k_cache.shape[1])
     q = q if q.stride(-1) == 1 else q.contiguous()
-    plan = plan_decode(num_seqs, num_kv_heads, block_tables.shape[1] * page_size, page_size, q.device,
-                       num_splits)
     out = torch.empty_like(q) if out is None else out
-    if plan.num_splits > 1:
-        part_out, part_lse = split_workspace(num_seqs, num_heads, plan.num_splits, head_dim, q.device)
-    else:
-        part_out, part_lse = out, out  # not read by the kernel when NUM_SPLITS == 1
+    num_seqs, num_heads, head_dim = q.shape
+    plan = plan_decode(num_seqs, k_cache.shape[2], block_tables.shape[1] * k_cache.shape[1], q.device,
+                       num_splits, tile)
+    if plan.num_splits == 1:
+        _launch_splits(q, k_cache, v_cache, scales, block_tables, seq_lens, scale, plan, out, (out, out))
+        return out
+    workspace = split_workspace(num_seqs, num_heads, plan.num_splits, head_dim, q.device)
+    _launch_splits(q, k_cache, v_cache, scales, block_tables, seq_lens, scale, plan, out, workspace)
+    part_out, part_lse = workspace
+    _merge_splits_kernel[(num_seqs, num_heads)](
+        part_out, part_lse, out, part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), NUM_SPLITS=plan.num_splits,
+        BLOCK_S=next_pow2(plan.num_splits),
+    )
+    return out
+
+
+def _launch_splits(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   scales: tuple[torch.Tensor, torch.Tensor] | None, block_tables: torch.Tensor,
+                   seq_lens: torch.Tensor, scale: float, plan: DecodePlan, out: torch.Tensor,
+                   workspace: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The per-split kernel; with one split it writes `out` and ignores `workspace`."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
     k_scales, v_scales = scales if scales is not None else (k_cache, v_cache)
+    part_out, part_lse = workspace
     group = num_heads // num_kv_heads
     _decode_split_kernel[(num_seqs, num_kv_heads, plan.num_splits)](
         q, k_cache, v_cache, k_scales, v_scales, block_tables, seq_lens, out, part_out, part_lse,
@@ -90,17 +117,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out.stride(0), out.stride(1), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, BLOCK_H=max(MIN_DOT, next_pow2(group)), HEAD_DIM=head_dim,
-        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), PAGE_SIZE=page_size, TILE=plan.tile,
+        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), PAGE_SIZE=k_cache.shape[1], TILE=plan.tile,
         NUM_SPLITS=plan.num_splits, IS_INT8=scales is not None, **dot_settings(q.dtype),
     )
-    if plan.num_splits > 1:
-        _merge_splits_kernel[(num_seqs, num_heads)](
-            part_out, part_lse, out, part_out.stride(0), part_out.stride(1), part_out.stride(2),
-            part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), NUM_SPLITS=plan.num_splits,
-            BLOCK_S=next_pow2(plan.num_splits),
-        )
-    return out
 
 
 def split_workspace(num_seqs: int, num_heads: int, num_splits: int, head_dim: int,

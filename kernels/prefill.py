@@ -15,10 +15,19 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tile import MIN_DOT, dot_settings, next_pow2, tile_dot, tile_operand, tile_pages
+from kernels._tile import (
+    MIN_DOT,
+    check_page_size,
+    dot_settings,
+    next_pow2,
+    tile_dot,
+    tile_operand,
+    tile_pages,
+)
 from kernels.decode import LOG2E
 
-BLOCK_M = 64
+BLOCK_M = 64  # query rows (tokens x packed heads) per program
+KV_TILE = 64  # keys per iteration
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -40,13 +49,15 @@ def paged_prefill_attention_int8(q: torch.Tensor, k_cache: torch.Tensor, v_cache
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                       scale: float, *, scales: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      out: torch.Tensor | None = None, block_m: int = BLOCK_M) -> torch.Tensor:
-    """Prefill attention with an optional int8 cache (`scales`), output buffer and row-block size.
+                      out: torch.Tensor | None = None, block_m: int = BLOCK_M,
+                      tile: int = KV_TILE) -> torch.Tensor:
+    """Prefill attention with an optional int8 cache (`scales`), output buffer, row block and K/V tile.
 
     Reads the longest chunk back to the host once to size the grid (prefill is not graph-captured).
     """
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
+    check_page_size(page_size)
     q = q if q.stride(-1) == 1 else q.contiguous()
     out = torch.empty_like(q) if out is None else out
     num_seqs = seq_lens.shape[0]
@@ -63,9 +74,9 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         scale * LOG2E, block_tables.shape[1],
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         *k_scales.stride()[:3], *v_scales.stride()[:3], block_tables.stride(0), out.stride(0), out.stride(1),
-        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, HEAD_DIM=head_dim,
+        GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_q * group_pad, HEAD_DIM=head_dim,
         BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), PAGE_SIZE=page_size,
-        TILE=max(MIN_DOT, min(64, next_pow2(page_size))), IS_INT8=scales is not None, **dot_settings(q.dtype),
+        TILE=tile, IS_INT8=scales is not None, **dot_settings(q.dtype),
     )
     return out
 
@@ -77,7 +88,8 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_ksb, stride_kst, stride_ksh, stride_vsb, stride_vst, stride_vsh, stride_table,
     stride_ot, stride_oh,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, TILE: tl.constexpr, IS_INT8: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -91,7 +103,6 @@ def _prefill_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     context_len = seq_len - chunk_len
 
-    BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     rows = tl.arange(0, BLOCK_M)
     tokens = q_block * BLOCK_Q + rows // GROUP_PAD
     in_group = rows % GROUP_PAD

@@ -8,12 +8,13 @@ import torch
 from kernels import prefill, reference
 
 DTYPES = [torch.float32, torch.bfloat16]
-# (query heads, KV heads, head dim, page size, [(cached context, new chunk) per sequence]): 1-token
-# chunks, chunks ending on and just past page boundaries, an empty chunk, a chunk with no context.
+# (query heads, KV heads, head dim, page size, K/V tile, [(cached context, new chunk) per sequence]):
+# 1-token chunks, chunks ending on and just past page boundaries, an empty chunk, a chunk with no
+# context; tiles spanning several pages and part of one.
 SHAPES = [
-    (9, 3, 64, 16, [(0, 1), (0, 16), (15, 2), (16, 17), (5, 0), (30, 3)]),
-    (4, 4, 32, 4, [(0, 5), (3, 1), (8, 8)]),
-    (8, 1, 80, 32, [(31, 1), (0, 33)]),
+    (9, 3, 64, 16, 64, [(0, 1), (0, 16), (15, 2), (16, 17), (5, 0), (62, 3)]),
+    (4, 4, 32, 4, 16, [(0, 5), (3, 1), (8, 8)]),
+    (8, 1, 80, 32, 16, [(31, 1), (0, 33)]),
 ]
 
 
@@ -24,17 +25,17 @@ def _query_start_loc(chunks: list[int], device: torch.device) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"h{s[0]}kv{s[1]}d{s[2]}p{s[3]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"h{s[0]}kv{s[1]}d{s[2]}p{s[3]}t{s[4]}")
 @pytest.mark.parametrize("block_m", [16, 64])
 def test_prefill_matches_reference(dtype, shape, block_m, device, paged_cache, close):
-    heads, kv_heads, head_dim, page_size, parts = shape
+    heads, kv_heads, head_dim, page_size, tile, parts = shape
     cache = paged_cache([c + n for c, n in parts], kv_heads, head_dim, page_size, dtype)
     starts = _query_start_loc([n for _, n in parts], device)
     q = torch.randn(int(starts[-1]), heads, head_dim, device=device).to(dtype)
     scale = head_dim ** -0.5
     out = prefill.prefill_attention(q, cache.k_poisoned, cache.v_poisoned, cache.block_tables, starts,
                                     cache.seq_lens, scale, out=torch.full_like(q, float("nan")),
-                                    block_m=block_m)
+                                    block_m=block_m, tile=tile)
     ref = reference.paged_prefill_attention(q, cache.k_clean, cache.v_clean, cache.block_tables, starts,
                                             cache.seq_lens, scale)
     close(out, ref, dtype)
