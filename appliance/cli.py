@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "appliance.commands.generate",
     "appliance.commands.bench",
     "appliance.commands.serve",
+    "appliance.commands.admin",
 ]
 
 

@@ -37,7 +37,8 @@ OVERRIDES = ("host", "port", "data_dir", "model", "device", "dtype", "qdrant_url
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.server import ConfigError, load_config, serve
+    from appliance.server.config import ConfigError, load_config
+    from appliance.server.runner import serve
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,7 +1,6 @@
-"""The appliance's HTTP server: OpenAI-compatible inference, retrieval, documents, admin, metrics."""
+"""The appliance's HTTP server: OpenAI-compatible inference, retrieval, documents, admin, metrics.
 
-from appliance.server.app import create_app
-from appliance.server.config import ConfigError, ServerConfig, load_config
-from appliance.server.runner import serve
-
-__all__ = ["ConfigError", "ServerConfig", "create_app", "load_config", "serve"]
+Entry points: `appliance.server.runner.serve(config)` and `appliance.server.app.create_app(config)`.
+Kept import-light on purpose: the control-plane commands (`appliance keys ...`) use only the store,
+and must not pay for importing torch.
+"""
