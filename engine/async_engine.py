@@ -73,13 +73,14 @@ class AsyncEngine:
         self.engine.validate(request_id + "\x00new", prompt_ids, params)
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                       salt: str = "", public_prefix_len: int = 0) -> AsyncIterator[RequestOutput]:
+                       salt: str = "", public_prefix_len: int = 0,
+                       pin: bool = False) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; leaving the iteration early aborts it and frees its blocks."""
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")
         self._streams[request_id] = stream
-        self._send(("add", request_id, prompt, params, salt, public_prefix_len))
+        self._send(("add", request_id, prompt, params, salt, public_prefix_len, pin))
         finished = False
         try:
             while not finished:
@@ -108,6 +109,19 @@ class AsyncEngine:
     def flush_prefix_cache(self) -> int:
         with self.lock:
             return self.engine.flush_prefix_cache()
+
+    def unpin_all(self) -> int:
+        with self.lock:
+            return self.engine.unpin_all()
+
+    async def pin_prefix(self, request_id: str, prompt: str | list[int], salt: str = "",
+                         public: bool = False) -> int:
+        """Compute a prefix once (a 1-token request) and pin its full blocks; returns tokens pinned."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        ids = self.engine.tokenize(prompt)
+        async for _ in self.generate(request_id, ids, params, salt, len(ids) if public else 0, pin=True):
+            pass
+        return (len(ids) // self.engine.config.block_size) * self.engine.config.block_size
 
     async def get_stats(self) -> EngineStats:
         return await asyncio.to_thread(self.stats)
@@ -144,12 +158,12 @@ class AsyncEngine:
                 if out is not None:
                     self._dispatch([out])
 
-    def _add(self, request_id, prompt, params, salt, public_prefix_len) -> None:
+    def _add(self, request_id, prompt, params, salt, public_prefix_len, pin) -> None:
         if request_id not in self._streams:
             return  # the caller gave up before the request reached the engine
         try:
             with self.lock:
-                self.engine.add_request(request_id, prompt, params, salt, public_prefix_len)
+                self.engine.add_request(request_id, prompt, params, salt, public_prefix_len, pin)
         except Exception as exc:
             self._deliver(request_id, exc)
 

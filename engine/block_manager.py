@@ -46,7 +46,8 @@ class BlockManager:
         self.free_ids: deque[int] = deque(range(num_blocks))  # never named, or evicted
         self.cached_lru: OrderedDict[int, None] = OrderedDict()  # ref 0, named; oldest first
         self.hash_to_block: dict[bytes, int] = {}
-        self.num_used_blocks = 0
+        self.pinned_ids: set[int] = set()  # pinned blocks hold one reference of their own
+        self.num_used_blocks = 0  # referenced at all (by requests or by a pin)
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
 
@@ -69,10 +70,24 @@ class BlockManager:
         return len(self.free_ids) + len(self.cached_lru)
 
     def num_shared_blocks(self) -> int:
-        return sum(1 for b in self.blocks if b.ref_count > 1)
+        """Blocks referenced by more than one live request."""
+        return sum(1 for b in self.blocks if b.ref_count - b.pinned > 1)
 
     def num_pinned_blocks(self) -> int:
-        return sum(1 for b in self.blocks if b.pinned)
+        return len(self.pinned_ids)
+
+    def num_idle_pinned_blocks(self) -> int:
+        return sum(1 for b in self.pinned_ids if self.blocks[b].ref_count == 1)
+
+    @property
+    def num_live_blocks(self) -> int:
+        """Blocks referenced by live requests (what the stats call used)."""
+        return self.num_used_blocks - self.num_idle_pinned_blocks()
+
+    @property
+    def num_reusable_blocks(self) -> int:
+        """Blocks holding a prefix that no live request references (what the stats call cached)."""
+        return len(self.cached_lru) + self.num_idle_pinned_blocks()
 
     def blocks_needed(self, num_tokens: int) -> int:
         return (num_tokens + self.block_size - 1) // self.block_size
@@ -183,17 +198,16 @@ class BlockManager:
             block = self.blocks[block_id]
             if block.block_hash is not None and not block.pinned:
                 block.pinned = True
+                self.pinned_ids.add(block_id)
                 self._ref(block_id)
                 num += 1
         return num
 
     def unpin_all(self) -> int:
-        num = 0
-        for block in self.blocks:
-            if block.pinned:
-                block.pinned = False
-                self._unref(block.block_id)
-                num += 1
+        for block_id in self.pinned_ids:
+            self.blocks[block_id].pinned = False
+            self._unref(block_id)
+        num, self.pinned_ids = len(self.pinned_ids), set()
         return num
 
     # --- internals ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class Request:
     seq: Sequence
     detok: IncrementalDetokenizer
     first_output_sent: bool = False
+    pin: bool = False  # keep the prompt's full blocks cached for good when it finishes
 
 
 class LLMEngine:
@@ -52,13 +53,16 @@ class LLMEngine:
         return list(prompt)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    salt: str = "", public_prefix_len: int = 0) -> Sequence:
+                    salt: str = "", public_prefix_len: int = 0, pin: bool = False) -> Sequence:
+        """Queue a request. `salt` namespaces its prefix-cache blocks (the tenant); the first
+        `public_prefix_len` tokens are shared across all salts instead (e.g. a common system prompt).
+        `pin` keeps the prompt's full blocks cached until unpin_all (never evicted, never flushed)."""
         ids = self.tokenize(prompt)
         self.validate(request_id, ids, params)
         seq = Sequence(request_id, ids, len(ids), params, salt=salt,
                        public_prefix_len=max(0, min(public_prefix_len, len(ids))))
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.include_stop_str_in_output)
-        self.requests[request_id] = Request(seq, detok)
+        self.requests[request_id] = Request(seq, detok, pin=pin)
         self.scheduler.add(seq)
         return seq
 
@@ -141,6 +145,8 @@ class LLMEngine:
 
     def _finish(self, req: Request, reason: str) -> None:
         req.seq.finish_reason = reason
+        if req.pin:
+            self.block_manager.pin(req.seq)
         self.scheduler.remove(req.seq)
         self.sampler.forget(req.seq.request_id)
         del self.requests[req.seq.request_id]
@@ -173,13 +179,17 @@ class LLMEngine:
 
     # --- operator actions and stats ----------------------------------------------------------
     def flush_prefix_cache(self) -> int:
+        """Drop every unreferenced cached prefix (pinned ones stay); returns blocks freed."""
         return self.block_manager.flush()
+
+    def unpin_all(self) -> int:
+        return self.block_manager.unpin_all()
 
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
-            block_size=bm.block_size, num_blocks=bm.num_blocks, used_blocks=bm.num_used_blocks,
-            cached_blocks=bm.num_cached_blocks, free_blocks=bm.num_free_blocks,
+            block_size=bm.block_size, num_blocks=bm.num_blocks, used_blocks=bm.num_live_blocks,
+            cached_blocks=bm.num_reusable_blocks, free_blocks=bm.num_free_blocks,
             shared_blocks=bm.num_shared_blocks(), pinned_blocks=bm.num_pinned_blocks(),
             num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting,
             num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.num_prompt_tokens,

@@ -125,35 +125,57 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq, cached = self._pick_waiting()
+        inflight = self._inflight_hashes()
+        for seq, cached in self._waiting_order():
+            if budget == 0 or len(self.running) >= self.max_num_seqs:
+                return
+            if self._waits_for_inflight(seq, cached, inflight):
+                continue  # another request is computing this prefix right now: reuse it next step
             n = min(seq.num_tokens - len(cached) * self.bm.block_size, budget)
             if not self.bm.can_admit(seq, cached, n):
-                break
-            self.waiting.remove(seq)
-            self.bm.allocate_prefix(seq, cached)
-            if seq.num_preemptions == 0:
-                seq.num_cached_tokens = seq.num_computed_tokens
-            self.bm.allocate_slots(seq, n)
-            seq.status = SequenceStatus.RUNNING
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = time.monotonic()
-            self.running.append(seq)
-            self._add_to_batch(batch, seq, n)
+                return
+            self._admit(seq, cached, n, batch)
+            inflight.update(seq.block_hashes[len(cached):])
             budget -= n
 
-    def _pick_waiting(self) -> tuple[Sequence, list[int]]:
-        """Longest cached prefix first; FCFS for a long queue or an old request."""
+    def _admit(self, seq: Sequence, cached: list[int], n: int, batch: ScheduledBatch) -> None:
+        self.waiting.remove(seq)
+        self.bm.allocate_prefix(seq, cached)
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = seq.num_computed_tokens
+        self.bm.allocate_slots(seq, n)
+        seq.status = SequenceStatus.RUNNING
+        if seq.first_scheduled_time is None:
+            seq.first_scheduled_time = time.monotonic()
+        self.running.append(seq)
+        self._add_to_batch(batch, seq, n)
+
+    def _waiting_order(self) -> list[tuple[Sequence, list[int]]]:
+        """Longest cached prefix first; plain FCFS for a long queue or when the head has waited long."""
         head = self.waiting[0]
         aged = time.monotonic() - head.arrival_time > MAX_WAIT_BEFORE_FCFS_S
         if aged or head.num_preemptions or len(self.waiting) > CACHE_AWARE_QUEUE_LIMIT:
-            return head, self.bm.lookup_prefix(head)
-        best, best_hits = head, self.bm.lookup_prefix(head)
-        for seq in list(self.waiting)[1:]:
-            hits = self.bm.lookup_prefix(seq)
-            if len(hits) > len(best_hits):
-                best, best_hits = seq, hits
-        return best, best_hits
+            return [(seq, self.bm.lookup_prefix(seq)) for seq in list(self.waiting)]
+        scored = [(seq, self.bm.lookup_prefix(seq)) for seq in self.waiting]
+        return sorted(scored, key=lambda sc: -len(sc[1]))  # stable: FCFS among equals
+
+    def _inflight_hashes(self) -> set[bytes]:
+        """Names of prompt blocks that running sequences are still computing."""
+        if not self.bm.enable_prefix_caching:
+            return set()
+        names: set[bytes] = set()
+        for seq in self.running:
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                self.bm.compute_hashes(seq, seq.num_prompt_tokens)
+                names.update(seq.block_hashes[seq.num_computed_tokens // self.bm.block_size:])
+        return names
+
+    def _waits_for_inflight(self, seq: Sequence, cached: list[int], inflight: set[bytes]) -> bool:
+        """Whether seq's next uncached full block is one a running request is computing now."""
+        nxt = len(cached)
+        if nxt >= len(seq.block_hashes) or (nxt + 1) * self.bm.block_size >= seq.num_tokens:
+            return False
+        return seq.block_hashes[nxt] in inflight
 
     @staticmethod
     def _add_to_batch(batch: ScheduledBatch, seq: Sequence, n: int) -> None:

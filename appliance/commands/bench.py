@@ -8,6 +8,7 @@ import importlib
 # name -> module exposing add_arguments(parser) and run(args) -> int
 BENCHMARKS = {
     "engine": "appliance.bench.engine",
+    "prefix": "appliance.bench.prefix",
 }
 
 

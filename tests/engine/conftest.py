@@ -28,7 +28,7 @@ def engine(smol: LLMEngine) -> LLMEngine:
     yield smol
     assert not smol.has_unfinished()
     smol.block_manager.check_invariants()
-    assert smol.block_manager.num_used_blocks == 0
+    assert smol.block_manager.num_live_blocks == 0
 
 
 @pytest.fixture(scope="session")
