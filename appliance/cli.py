@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "appliance.commands.bench",
     "appliance.commands.serve",
     "appliance.commands.admin",
+    "appliance.commands.ingest",
+    "appliance.commands.eval",
 ]
 
 

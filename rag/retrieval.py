@@ -21,14 +21,32 @@ class Retriever:
         self._embedder, self._bm25, self._store, self._settings = embedder, bm25, store, settings
 
     def retrieve(self, scope: Scope, query: str, top_k: int = 5, mode: str | None = None) -> list[Hit]:
-        mode = mode or self._settings.default_mode
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}")
-        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-            raise ValueError(f"top_k must be an integer between 1 and {MAX_TOP_K}")
-        query = " ".join(str(query).split())
-        if not query:
-            raise ValueError("query must be a non-empty string")
-        dense = None if mode == "sparse" else self._embedder.embed_query(query)
-        sparse = None if mode == "dense" else self._bm25.embed_query(query)
-        return self._store.search(scope, dense, sparse, top_k, self._settings.hybrid)
+        return self.retrieve_many(scope, [query], top_k, mode)[0]
+
+    def retrieve_many(
+        self, scope: Scope, queries: list[str], top_k: int = 5, mode: str | None = None
+    ) -> list[list[Hit]]:
+        """Several queries at once: their embeddings are computed in one batch."""
+        mode = _check(mode or self._settings.default_mode, top_k)
+        texts = [_clean(query) for query in queries]
+        dense = [None] * len(texts) if mode == "sparse" else list(self._embedder.embed(texts))
+        sparse = [None] * len(texts) if mode == "dense" else [self._bm25.embed_query(t) for t in texts]
+        return [
+            self._store.search(scope, d, s, top_k, self._settings.hybrid)
+            for d, s in zip(dense, sparse, strict=True)
+        ]
+
+
+def _check(mode: str, top_k: int) -> str:
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must be an integer between 1 and {MAX_TOP_K}")
+    return mode
+
+
+def _clean(query: str) -> str:
+    text = " ".join(str(query).split())
+    if not text:
+        raise ValueError("query must be a non-empty string")
+    return text

@@ -99,11 +99,16 @@ class RagService:
     ) -> list[Hit]:
         return self._retriever.retrieve(Scope(tenant, collection), query, top_k, mode)
 
+    def retrieve_many(
+        self, tenant: str, collection: str, queries: list[str], top_k: int = 5, mode: str | None = None
+    ) -> list[list[Hit]]:
+        return self._retriever.retrieve_many(Scope(tenant, collection), queries, top_k, mode)
+
     def list_documents(self, tenant: str, collection: str) -> list[DocInfo]:
         return self._catalog.documents(Scope(tenant, collection))
 
     def list_collections(self, tenant: str) -> list[CollectionInfo]:
-        Scope(tenant, "-")  # validates the tenant
+        Scope(tenant, "any")  # validates the tenant
         return self._catalog.collections(tenant)
 
     def delete_document(self, tenant: str, collection: str, doc_id: str) -> bool:

@@ -7,10 +7,13 @@ HTTP contract, so the server can hand these to `json.dumps` without knowing the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 DocStatus = Literal["added", "skipped", "replaced", "failed"]
+# Collection names travel in URL paths: keep them to a safe, portable alphabet.
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -25,10 +28,13 @@ class Scope:
     collection: str
 
     def __post_init__(self) -> None:
-        for name in ("tenant", "collection"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string")
+        if not isinstance(self.tenant, str) or not self.tenant.strip():
+            raise ValueError("tenant must be a non-empty string")
+        if not isinstance(self.collection, str) or not COLLECTION_NAME.fullmatch(self.collection):
+            raise ValueError(
+                f"invalid collection name {self.collection!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
 
 
 @dataclass(slots=True, frozen=True)

@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "engine": "appliance.bench.engine",
     "prefix": "appliance.bench.prefix",
+    "ingest": "appliance.bench_ingest",
 }
 
 
