@@ -36,13 +36,15 @@ class RagService:
         embed_model: str | None = None,
         device: str = "auto",
         settings: RagSettings | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
+        """`embedder` lets several services share one loaded model (tests, benchmarks)."""
         self.settings = settings or RagSettings()
         root = Path(data_dir) / "rag"
         self._owner = OwnerLock(root / "owner.lock")
         try:
             self._catalog = Catalog(root / "catalog.db")
-            self.embedder = Embedder(embed_model, device=device)
+            self.embedder = embedder or Embedder(embed_model, device=device)
             self._store = _open_store(root, qdrant_url, self.embedder.dimension)
         except BaseException:
             self._owner.release()
@@ -56,6 +58,7 @@ class RagService:
         )
         self._retriever = Retriever(self.embedder, self._bm25, self._store, self.settings)
         self._write_lock = threading.Lock()
+        self._closed = False
 
     @property
     def store(self) -> VectorStore:
@@ -121,6 +124,9 @@ class RagService:
 
     def close(self) -> None:
         with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
             self._store.close()
             self._catalog.close()
             self._owner.release()

@@ -62,7 +62,8 @@ class VectorStore(Protocol):
 
     def count(self, scope: Scope, doc_id: str | None = None) -> int: ...
 
-    def point_ids(self, scope: Scope, doc_id: str | None = None) -> set[str]: ...
+    def records(self, scope: Scope, doc_id: str | None = None) -> dict[str, dict]:
+        """Every stored point of the scope (or of one document): id -> payload, vectors left out."""
 
     def close(self) -> None: ...
 

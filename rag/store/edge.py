@@ -68,18 +68,18 @@ class EdgeStore:
         with self._lock:
             return self._shard.count(qe.CountRequest(filter=_filter(scope, doc_id), exact=True))
 
-    def point_ids(self, scope: Scope, doc_id: str | None = None) -> set[str]:
-        ids: set[str] = set()
+    def records(self, scope: Scope, doc_id: str | None = None) -> dict[str, dict]:
+        found: dict[str, dict] = {}
         offset = None
         while True:
             request = qe.ScrollRequest(
-                offset=offset, limit=_SCROLL_PAGE, filter=_filter(scope, doc_id), with_payload=False
+                offset=offset, limit=_SCROLL_PAGE, filter=_filter(scope, doc_id), with_payload=True
             )
             with self._lock:
                 records, offset = self._shard.scroll(request)
-            ids.update(str(r.id) for r in records)
+            found.update((str(r.id), dict(r.payload or {})) for r in records)
             if offset is None:
-                return ids
+                return found
 
     def optimize(self) -> None:
         """Build HNSW / merge segments once a bulk load is done (blocking; cheap when nothing to do)."""

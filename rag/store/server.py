@@ -9,6 +9,7 @@ qdrant-client's local mode (`QdrantClient(path=...)` or `":memory:"`) runs the s
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 from qdrant_client import QdrantClient
@@ -57,9 +58,11 @@ class QdrantServerStore:
             sparse_vectors_config={SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
         )
         tenant_index = qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
-        self._client.create_payload_index(self._name, TENANT_FIELD, field_schema=tenant_index)
-        for name in INDEXED_KEYWORD_FIELDS:
-            self._client.create_payload_index(self._name, name, field_schema=qm.PayloadSchemaType.KEYWORD)
+        with warnings.catch_warnings():  # local mode says indexes are no-ops there; a server builds them
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            self._client.create_payload_index(self._name, TENANT_FIELD, field_schema=tenant_index)
+            for name in INDEXED_KEYWORD_FIELDS:
+                self._client.create_payload_index(self._name, name, field_schema=qm.PayloadSchemaType.KEYWORD)
 
     def upsert(self, scope: Scope, points: list[ChunkPoint]) -> None:
         if not points:
@@ -105,8 +108,8 @@ class QdrantServerStore:
         with self._lock:
             return self._client.count(self._name, count_filter=_filter(scope, doc_id), exact=True).count
 
-    def point_ids(self, scope: Scope, doc_id: str | None = None) -> set[str]:
-        ids: set[str] = set()
+    def records(self, scope: Scope, doc_id: str | None = None) -> dict[str, dict]:
+        found: dict[str, dict] = {}
         offset = None
         while True:
             with self._lock:
@@ -115,11 +118,11 @@ class QdrantServerStore:
                     scroll_filter=_filter(scope, doc_id),
                     limit=_SCROLL_PAGE,
                     offset=offset,
-                    with_payload=False,
+                    with_payload=True,
                 )
-            ids.update(str(r.id) for r in records)
+            found.update((str(r.id), dict(r.payload or {})) for r in records)
             if offset is None:
-                return ids
+                return found
 
     def optimize(self) -> None:
         """The server runs its own optimizers in the background; nothing to do here."""
