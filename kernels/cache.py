@@ -48,14 +48,24 @@ def _launch_store(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
 
 
 @triton.jit
-def _quantize_rows(x, mask):
-    """Symmetric int8 per row, as reference.quantize_int8: (values, scales)."""
-    amax = tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1)
-    scales = tl.where(amax > 0.0, amax / INT8_MAX, 1.0)
+def int8_scales(amax):
+    """One scale per row from its max |x| (1 for an all-zero row), as reference.quantize_int8."""
+    return tl.where(amax > 0.0, amax / INT8_MAX, 1.0)
+
+
+@triton.jit
+def int8_values(x, scales):
+    """x / scale rounded half away from zero and clamped to +-127, as reference.quantize_int8."""
     scaled = x / scales[:, None]
     rounded = tl.where(scaled < 0.0, -tl.floor(-scaled + 0.5), tl.floor(scaled + 0.5))
-    values = tl.minimum(tl.maximum(rounded, -INT8_MAX), INT8_MAX)
-    return values.to(tl.int8), scales
+    return tl.minimum(tl.maximum(rounded, -INT8_MAX), INT8_MAX).to(tl.int8)
+
+
+@triton.jit
+def _quantize_rows(x, mask):
+    """Symmetric int8 per row: (values, scales)."""
+    scales = int8_scales(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=1))
+    return int8_values(x, scales), scales
 
 
 @triton.jit

@@ -154,3 +154,44 @@ def paged_prefill_attention_int8(q: torch.Tensor, k_cache: torch.Tensor, v_cache
     """`paged_prefill_attention` over an int8 cache: dequantize the referenced blocks, then attend."""
     k, v, tables = _compact_int8(k_cache, v_cache, k_scales, v_scales, block_tables, int(seq_lens.max()))
     return paged_prefill_attention(q, k, v, tables, query_start_loc, seq_lens, scale)
+
+
+# --- rotary embedding fused with the store --------------------------------------------------------
+# cos_sin: float32 [max_positions, head_dim] = cat(cos, sin) of position * inv_freq (rotate-half RoPE,
+# the HF Llama convention); the same products and cos/sin as computing them per call.
+
+
+def rotary_cos_sin(inv_freq: torch.Tensor, max_positions: int) -> torch.Tensor:
+    """The cos/sin table of `rotary_store_kv` for positions 0 .. max_positions - 1."""
+    freqs = torch.arange(max_positions, device=inv_freq.device).float()[:, None] * inv_freq.float()[None, :]
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """x [num_tokens, heads, head_dim] rotated as HF Llama does (cos/sin cast to x's dtype first)."""
+    half = x.shape[-1] // 2
+    table = cos_sin[positions.long()]
+    cos = torch.cat([table[:, :half], table[:, :half]], dim=-1).to(x.dtype)[:, None, :]
+    sin = torch.cat([table[:, half:], table[:, half:]], dim=-1).to(x.dtype)[:, None, :]
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def rotary_store_kv(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, slot_mapping: torch.Tensor, positions: torch.Tensor,
+                    cos_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate q in place (returned) and key by RoPE at `positions`, then store key/value."""
+    q.copy_(apply_rotary(q, positions, cos_sin))
+    store_kv(apply_rotary(key, positions, cos_sin), value, k_cache, v_cache, slot_mapping)
+    return q
+
+
+def rotary_store_kv_int8(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, k_scales: torch.Tensor, v_scales: torch.Tensor,
+                         slot_mapping: torch.Tensor, positions: torch.Tensor,
+                         cos_sin: torch.Tensor) -> torch.Tensor:
+    """`rotary_store_kv` into an int8 cache (quantized after the rotation)."""
+    q.copy_(apply_rotary(q, positions, cos_sin))
+    store_kv_int8(apply_rotary(key, positions, cos_sin), value, k_cache, v_cache, k_scales, v_scales,
+                  slot_mapping)
+    return q

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kernels.cache import store_kv, store_kv_int8
 from kernels.decode import paged_decode_attention, paged_decode_attention_int8
 from kernels.prefill import paged_prefill_attention, paged_prefill_attention_int8
+from kernels.rotary import rotary_store_kv, rotary_store_kv_int8
 
 __all__ = [
     "TritonBackend",
@@ -17,6 +18,8 @@ __all__ = [
     "paged_decode_attention_int8",
     "paged_prefill_attention",
     "paged_prefill_attention_int8",
+    "rotary_store_kv",
+    "rotary_store_kv_int8",
     "store_kv",
     "store_kv_int8",
 ]
