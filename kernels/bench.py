@@ -285,14 +285,49 @@ def bench_store(setup: Setup, dtype: torch.dtype) -> Iterator[Row]:
                       4 * key.numel() * key.element_size())
 
 
+def bench_rotary_store(setup: Setup, dtype: torch.dtype) -> Iterator[Row]:
+    """Fused RoPE + store against RoPE in torch ops (as the engine's model does) then the Triton store."""
+    from kernels.rotary import rotary_store_kv
+
+    counts = (1, 5) if setup.smoke else (8, 256) if setup.quick else (1, 8, 64, 256, 4096)
+    for h in setup.heads():
+        dims = torch.arange(0, h.head_dim, 2, device=setup.device).float() / h.head_dim
+        cos_sin = reference.rotary_cos_sin(1.0 / 500000.0 ** dims, 32768)
+        for num_tokens in counts:
+            args = _rotary_args(setup, h, num_tokens, dtype, cos_sin)
+            yield Row(f"{h.name} tokens={num_tokens}", setup.time(lambda a=args: rotary_store_kv(*a)),
+                      setup.time(lambda a=args: _unfused_rotary_store(*a)), None,
+                      (4 * args[0].numel() + 6 * args[1].numel()) * args[0].element_size())
+
+
+def _rotary_args(setup: Setup, h: Heads, num_tokens: int, dtype: torch.dtype,
+                 cos_sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(q, key, value, k_cache, v_cache, slots, positions, cos_sin) for one step of num_tokens."""
+    shape = (num_tokens // PAGE_SIZE + 8, PAGE_SIZE, h.num_kv_heads, h.head_dim)
+    key = _randn(setup, (num_tokens, h.num_kv_heads, h.head_dim), dtype)
+    k_cache = torch.zeros(shape, dtype=dtype, device=setup.device)
+    return (_randn(setup, (num_tokens, h.num_heads, h.head_dim), dtype), key, torch.randn_like(key),
+            k_cache, torch.zeros_like(k_cache),
+            torch.randperm(shape[0] * PAGE_SIZE, device=setup.device)[:num_tokens],
+            torch.randint(0, cos_sin.shape[0], (num_tokens,), device=setup.device), cos_sin)
+
+
+def _unfused_rotary_store(q, key, value, k_cache, v_cache, slots, positions, cos_sin) -> None:
+    from kernels.cache import store_kv
+
+    reference.apply_rotary(q, positions, cos_sin)
+    store_kv(reference.apply_rotary(key, positions, cos_sin), value, k_cache, v_cache, slots)
+
+
 BENCHES: dict[str, Callable[[Setup, torch.dtype], Iterator[Row]]] = {
     "decode": bench_decode,
     "decode_int8": bench_decode_int8,
     "prefill": bench_prefill,
     "store_kv": bench_store,
+    "rotary_store_kv": bench_rotary_store,
 }
 
-PEERS = {"decode_int8": "bf16-cache Triton"}
+PEERS = {"decode_int8": "bf16-cache Triton", "rotary_store_kv": "torch RoPE + Triton store"}
 
 
 def _table(name: str, rows: list[Row], copy_gbs: float) -> str:
