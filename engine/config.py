@@ -45,6 +45,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # per-step token budget (prefill chunks + decodes)
     max_model_len: int | None = None  # defaults to the model's context length
     enable_prefix_caching: bool = True
+    attention_backend: str = "auto"  # auto (Triton on CUDA, torch elsewhere) | torch | triton
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
 
@@ -57,5 +58,8 @@ class EngineConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton, "
+                             f"got {self.attention_backend!r}")
         if not (self.kv_cache_gib > 0 and math.isfinite(self.kv_cache_gib)):
             raise ValueError("kv_cache_gib must be a positive number")

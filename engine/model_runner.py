@@ -42,7 +42,7 @@ class ModelRunner:
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
         self.model = self._build_model(ckpt)
-        self.backend = get_backend(self.device)
+        self.backend = get_backend(self.device, config.attention_backend)
         self.block_size = config.block_size
         self.num_blocks = config.num_blocks or self._blocks_from_budget()
         self.kv_caches = self._allocate_kv(self.num_blocks)

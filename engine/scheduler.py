@@ -125,6 +125,8 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        if not self.waiting:
+            return
         inflight = self._inflight_hashes()
         for seq, cached in self._waiting_order():
             if budget == 0 or len(self.running) >= self.max_num_seqs:

@@ -50,7 +50,19 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(1, 120), st.integers(1, 12), st.integers(0, 3)),
     st.tuples(st.just("abort"), st.integers(0, 30), st.just(0), st.just(0)),
     st.tuples(st.just("step"), st.integers(1, 4), st.just(0), st.just(0)),
+    st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
 ), min_size=1, max_size=40)
+
+
+def check_served_blocks(engine: LLMEngine) -> None:
+    """Every named block a live request holds carries exactly that request's tokens."""
+    bm = engine.block_manager
+    for seq in engine.scheduler.running:
+        for i, block_id in enumerate(seq.block_table):
+            block = bm.blocks[block_id]
+            assert block.ref_count > 0
+            if block.block_hash is not None:
+                assert block.token_ids == tuple(seq.token_ids[i * bm.block_size:(i + 1) * bm.block_size])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -74,13 +86,18 @@ def test_random_schedules_never_leak(tiny, schedule, num_blocks, budget, caching
             ids.append(rid)
         elif op == "abort" and ids:
             tiny.abort(ids[a % len(ids)])
+        elif op == "flush":
+            tiny.flush_prefix_cache()
+            bm.check_invariants()
         else:
             for _ in range(a):
                 tiny.step()
                 bm.check_invariants()
+                check_served_blocks(tiny)
     while tiny.has_unfinished():
         tiny.step()
         bm.check_invariants()
+        check_served_blocks(tiny)
     assert bm.num_used_blocks == 0
     bm.flush()
     assert bm.num_free_blocks == bm.num_blocks
