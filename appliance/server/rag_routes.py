@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import aclosing
+from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.server.errors import ApiError, bad_request, not_found
 from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
@@ -182,8 +184,14 @@ async def _read_files(request: web.Request, limit: int) -> list[tuple[str, bytes
         raise too_large(limit)
     try:
         return await _collect_parts(await request.multipart(), limit)
-    except (ValueError, AssertionError, KeyError) as exc:
-        raise bad_request(f"malformed multipart body: {exc}", "file", "invalid_multipart") from None
+    except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise bad_request(f"malformed multipart body: {reason}", "file", "invalid_multipart") from None
+
+
+def _source_name(filename: str) -> str:
+    """aiohttp's client percent-encodes multipart filenames (`a%2Fb.txt`); curl and browsers do not."""
+    return unquote(filename) if "%" in filename else filename
 
 
 async def _collect_parts(reader, limit: int) -> list[tuple[str, bytes]]:
@@ -201,7 +209,7 @@ async def _collect_parts(reader, limit: int) -> list[tuple[str, bytes]]:
             if total > limit:
                 raise too_large(limit)
             data += chunk
-        files.append((part.filename, bytes(data)))
+        files.append((_source_name(part.filename), bytes(data)))
     if not files:
         raise bad_request("no parts named 'file' in the upload", "file", "missing_required_parameter")
     return files

@@ -1,0 +1,155 @@
+"""Documents, retrieval and RAG answers over HTTP, and the wall between tenants."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.server.conftest import make_tenant
+from tests.server.helpers import assert_openai_error, auth, post_json, sse_events
+
+LIGHTHOUSE = (
+    "Varnholm Lighthouse\n\n"
+    "The Varnholm lighthouse was built in 1887 by the engineer Ada Kessel. It stands 42 metres tall on "
+    "the northern cliff of the island of Varnholm and its lamp can be seen 30 kilometres out at sea.\n\n"
+    "The keeper's cottage beside the tower is now a small museum about shipwrecks on the Varnholm reef."
+)
+BAKERY = (
+    "Brindle Street Bakery\n\n"
+    "The Brindle Street Bakery opened in 1952 and is famous for its rye bread with caraway seeds. Its "
+    "founder, Tomas Orel, baked every loaf himself for the first ten years.\n\n"
+    "Today the bakery sells about four hundred loaves each morning before nine o'clock."
+)
+QUESTION = "Who built the Varnholm lighthouse?"
+
+
+async def _upload(url: str, key: str, collection: str, files: dict[str, str]) -> tuple[int, dict]:
+    form = aiohttp.FormData()
+    for name, text in files.items():
+        form.add_field("file", text.encode(), filename=name, content_type="text/plain")
+    async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/collections/{collection}/documents",
+                                                    data=form, headers=auth(key)) as r:
+        return r.status, await r.json()
+
+
+async def _call(method: str, url: str, key: str, body: dict | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        if body is not None:
+            status, payload, _ = await post_json(s, url, body, key)
+            return status, payload
+        async with s.request(method, url, headers=auth(key)) as r:
+            return r.status, await r.json()
+
+
+@pytest.fixture(scope="module")
+def alice(server, run) -> dict:
+    key = make_tenant(server, "alice")
+    status, body = run(_upload(server.url, key, "kb", {"notes/lighthouse.txt": LIGHTHOUSE,
+                                                       "notes/bakery.md": BAKERY}))
+    assert status == 200, body
+    assert [r["status"] for r in body["results"]] == ["added", "added"]
+    assert all(r["chunks"] >= 1 and r["error"] is None for r in body["results"])
+    return {"key": key, "docs": {r["source"]: r["doc_id"] for r in body["results"]}}
+
+
+@pytest.fixture(scope="module")
+def bob(server) -> str:
+    return make_tenant(server, "bob")
+
+
+def test_documents_listing_and_idempotent_upload(server, run, alice):
+    status, listing = run(_call("GET", f"{server.url}/v1/collections/kb/documents", alice["key"]))
+    assert status == 200
+    assert {d["source"]: d["doc_id"] for d in listing["documents"]} == alice["docs"]
+    status, again = run(_upload(server.url, alice["key"], "kb", {"notes/lighthouse.txt": LIGHTHOUSE,
+                                                                 "notes/blob.bin": "\x00\x01"}))
+    assert status == 200
+    assert [r["status"] for r in again["results"]] == ["skipped", "failed"]
+    assert again["results"][1]["error"]
+    status, collections = run(_call("GET", f"{server.url}/v1/collections", alice["key"]))
+    assert [c["name"] for c in collections["collections"]] == ["kb"]
+
+
+def test_retrieve_finds_the_right_document(server, run, alice):
+    status, body = run(_call("POST", f"{server.url}/v1/rag/retrieve", alice["key"],
+                             {"query": QUESTION, "collection": "kb", "top_k": 2}))
+    assert status == 200
+    results = body["results"]
+    assert 1 <= len(results) <= 2
+    assert set(results[0]) == {"id", "doc_id", "source", "chunk_index", "text", "score"}
+    assert results[0]["doc_id"] == alice["docs"]["notes/lighthouse.txt"]
+    assert "Ada Kessel" in results[0]["text"]
+
+
+def test_rag_query_answers_with_sources(server, run, alice):
+    body = {"query": QUESTION, "collection": "kb", "top_k": 1, "max_tokens": 12}
+    status, first = run(_call("POST", f"{server.url}/v1/rag/query", alice["key"], body))
+    assert status == 200, first
+    assert first["object"] == "rag.answer" and first["answer"].strip()
+    assert first["sources"][0]["label"] == "[1]"
+    assert first["sources"][0]["doc_id"] == alice["docs"]["notes/lighthouse.txt"]
+    assert first["usage"]["completion_tokens"] <= 12
+    # The same question again reuses the KV of the whole retrieved context.
+    status, second = run(_call("POST", f"{server.url}/v1/rag/query", alice["key"], body))
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > first["usage"]["prompt_tokens"] // 2
+
+
+def test_rag_query_streams_deltas_then_sources_and_usage(server, run, alice):
+    async def go():
+        body = {"query": QUESTION, "collection": "kb", "top_k": 1, "max_tokens": 6, "stream": True}
+        async with aiohttp.ClientSession() as s, s.post(f"{server.url}/v1/rag/query", json=body,
+                                                        headers=auth(alice["key"])) as r:
+            return r.status, await r.text()
+
+    status, raw = run(go())
+    assert status == 200
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    deltas, last = events[:-2], events[-2]
+    assert deltas and all(e["object"] == "rag.answer.chunk" and "sources" not in e for e in deltas)
+    assert len({e["id"] for e in events[:-1]}) == 1
+    assert last["sources"][0]["doc_id"] == alice["docs"]["notes/lighthouse.txt"]
+    assert last["usage"]["completion_tokens"] >= 1 and last["finish_reason"] in ("stop", "length")
+
+
+def test_another_tenant_cannot_see_the_collection(server, run, alice, bob):
+    url = server.url
+    status, payload = run(_call("GET", f"{url}/v1/collections/kb/documents", bob))
+    assert assert_openai_error(status, payload, 404)["code"] == "collection_not_found"
+    for path in ("/v1/rag/retrieve", "/v1/rag/query"):
+        status, payload = run(_call("POST", url + path, bob, {"query": QUESTION, "collection": "kb"}))
+        assert_openai_error(status, payload, 404)
+    lighthouse_id = alice["docs"]["notes/lighthouse.txt"]
+    status, payload = run(_call("DELETE", f"{url}/v1/collections/kb/documents/{lighthouse_id}", bob))
+    assert_openai_error(status, payload, 404)
+    assert run(_call("GET", f"{url}/v1/collections", bob))[1] == {"collections": []}
+    # Bob's own "kb" is a different collection: his retrieval never returns Alice's chunks.
+    status, _ = run(_upload(url, bob, "kb", {"bread.txt": BAKERY}))
+    assert status == 200
+    status, body = run(_call("POST", f"{url}/v1/rag/retrieve", bob, {"query": QUESTION, "collection": "kb"}))
+    assert status == 200 and body["results"]
+    assert not {r["doc_id"] for r in body["results"]} & set(alice["docs"].values())
+    assert all("Kessel" not in r["text"] for r in body["results"])
+    status, listing = run(_call("GET", f"{url}/v1/collections/kb/documents", alice["key"]))
+    assert {d["doc_id"] for d in listing["documents"]} == set(alice["docs"].values())
+
+
+def test_prefix_cache_is_not_shared_across_tenants(server, run, alice, bob):
+    messages = [{"role": "system", "content": "Facts: " + LIGHTHOUSE}, {"role": "user", "content": QUESTION}]
+    body = {"model": server.model, "messages": messages, "max_tokens": 1}
+    url = f"{server.url}/v1/chat/completions"
+    run(_call("POST", url, alice["key"], body))
+    status, again = run(_call("POST", url, alice["key"], body))
+    assert status == 200 and again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    status, other = run(_call("POST", url, bob, body))
+    assert status == 200 and other["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_delete_document(server, run, alice):
+    doc_id = alice["docs"]["notes/bakery.md"]
+    url = f"{server.url}/v1/collections/kb/documents"
+    assert run(_call("DELETE", f"{url}/{doc_id}", alice["key"])) == (200, {"deleted": True, "doc_id": doc_id})
+    status, payload = run(_call("DELETE", f"{url}/{doc_id}", alice["key"]))
+    assert_openai_error(status, payload, 404)
+    status, listing = run(_call("GET", url, alice["key"]))
+    assert [d["doc_id"] for d in listing["documents"]] == [alice["docs"]["notes/lighthouse.txt"]]
