@@ -112,23 +112,34 @@ def test_usage_accounting_and_audit_log(server):
     assert b"Audit this secret prompt text" not in _db_bytes(server)
 
 
-def test_cli_keys_work_against_the_running_server(server, run):
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    """The real CLI entry point in-process (saves the interpreter start-up per call)."""
+    from appliance.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    return code, capsys.readouterr().out
+
+
+def test_cli_keys_work_against_the_running_server(server, run, capsys):
     data_dir = str(server.data_dir)
-    cmd = [appliance_bin()]
-    subprocess.run([*cmd, "tenants", "create", "cli-tenant", "--data-dir", data_dir], check=True,
-                   capture_output=True)
-    out = subprocess.run([*cmd, "keys", "create", "--tenant", "cli-tenant", "--data-dir", data_dir],
-                         check=True, capture_output=True, text=True).stdout
+    assert _cli(["tenants", "create", "cli-tenant", "--rpm", "100", "--data-dir", data_dir], capsys)[0] == 0
+    # The contract: the new key alone on the last line of stdout (checked on a real process).
+    create = [appliance_bin(), "keys", "create", "--tenant", "cli-tenant", "--data-dir", data_dir]
+    out = subprocess.run(create, check=True, capture_output=True, text=True).stdout
     key = out.strip().splitlines()[-1]
     assert key.startswith("apk_") and " " not in key
     assert run(_get(server.url + "/v1/models", key))[0] == 200
-    listing = subprocess.run([*cmd, "keys", "list", "--data-dir", data_dir], check=True, capture_output=True,
-                             text=True).stdout
-    assert key.split("_")[1] in listing and key not in listing
-    subprocess.run([*cmd, "keys", "revoke", key.split("_")[1], "--data-dir", data_dir], check=True,
-                   capture_output=True)
+    code, listing = _cli(["keys", "list", "--data-dir", data_dir], capsys)
+    assert code == 0 and key.split("_")[1] in listing and key not in listing
+    code, tenants = _cli(["tenants", "list", "--data-dir", data_dir], capsys)
+    assert code == 0 and "cli-tenant" in tenants
+    assert _cli(["keys", "revoke", key.split("_")[1], "--data-dir", data_dir], capsys)[0] == 0
     assert run(_get(server.url + "/v1/models", key))[0] == 401
-    bad = subprocess.run([*cmd, "keys", "create", "--tenant", "ghost", "--data-dir", data_dir],
+    bad = subprocess.run([appliance_bin(), "keys", "create", "--tenant", "ghost", "--data-dir", data_dir],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "ghost" in bad.stderr and "Traceback" not in bad.stderr

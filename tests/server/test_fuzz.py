@@ -33,7 +33,7 @@ def _cases() -> list:
     return cases
 
 
-EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 20}
+EXAMPLES = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 20}
 FUZZ_COLLECTION = "fz"
 
 
