@@ -1,0 +1,241 @@
+"""The dashboard application: polls the appliance in a worker, shows the panels, runs the actions.
+
+Polling and every action run as Textual workers on the app's event loop and wait on aiohttp, so
+the UI never blocks on the network; a poll that is still in flight when the next tick comes is not
+doubled up. A failed poll leaves the last numbers on screen (dimmed) under a banner that says what
+is wrong, and the timer keeps retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid
+from textual.widgets import Footer
+
+from tui.client import ApiError, ApplianceClient
+from tui.latency import TPOT, TTFT, LatencyWindow
+from tui.poller import PollResult, poll_once
+from tui.screens.help import HelpScreen
+from tui.screens.ingest import IngestRequest, IngestScreen
+from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
+from tui.widgets.admission_panel import AdmissionPanel
+from tui.widgets.collections_table import CollectionsTable
+from tui.widgets.kv_panel import KvPanel
+from tui.widgets.latency_panel import LatencyPanel
+from tui.widgets.status_bar import ConnectionBanner, MessageLine, StatusBar
+from tui.widgets.tenants_table import TenantsTable
+from tui.widgets.throughput_panel import ThroughputPanel
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "help"}
+
+
+class DashboardApp(App[None]):
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "appliance dashboard"
+    ENABLE_COMMAND_PALETTE = False
+    AUTO_FOCUS = None
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("i", "ingest", "Ingest"),
+        Binding("f", "flush", "Flush cache"),
+        Binding("p", "toggle_admission", "Pause/resume"),
+        Binding("k", "new_key", "New key"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, poll_interval_s: float = 1.0,
+                 autopoll: bool = True) -> None:
+        """`autopoll=False` leaves polling to the caller (`refresh_now()`): tests use it for
+        screenshots that do not depend on timing."""
+        super().__init__()
+        self.client = ApplianceClient(url, api_key)
+        self.poll_interval_s = poll_interval_s
+        self.autopoll = autopoll
+        self.latency = LatencyWindow()
+        self.last_poll: PollResult | None = None
+        self.last_error: str | None = None
+        self.uploads: dict[str, str] = {}
+        self._polling = False
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(self.client.base_url, id="status")
+        yield ConnectionBanner(id="banner")
+        with Grid(id="panels"):
+            yield KvPanel(id="kv", classes="panel")
+            yield ThroughputPanel(id="throughput", classes="panel")
+            yield LatencyPanel(id="latency", classes="panel")
+            yield AdmissionPanel(id="admission", classes="panel")
+            yield TenantsTable(id="tenants")
+            yield CollectionsTable(id="collections")
+        yield MessageLine(id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.autopoll:
+            self.poll()
+            self.set_interval(self.poll_interval_s, self.poll)
+
+    async def on_unmount(self) -> None:
+        await self.client.close()
+
+    # --- polling ---------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Start a poll in a worker unless one is still running."""
+        if not self._polling:
+            self._polling = True
+            self.run_worker(self.refresh_now(), group="poll", exit_on_error=False)
+
+    async def refresh_now(self) -> bool:
+        """One poll, shown on screen; True when the appliance answered."""
+        self._polling = True
+        try:
+            result = await poll_once(self.client)
+        except ApiError as exc:
+            self.show_disconnected(exc.message)
+            return False
+        except ValueError as exc:
+            self.show_disconnected(f"cannot read the appliance's stats: {exc}")
+            return False
+        finally:
+            self._polling = False
+        self.show_result(result)
+        return True
+
+    def show_result(self, result: PollResult) -> None:
+        stats = result.stats
+        self.last_poll, self.last_error = result, None
+        self.latency.add(result.finished_at, result.histograms)
+        self.query_one(ConnectionBanner).clear_error()
+        self.query_one("#panels").remove_class("-stale")
+        self.query_one(StatusBar).show(stats)
+        self.query_one(KvPanel).show(stats.kv, stats.prefix)
+        self.query_one(ThroughputPanel).show(stats.throughput, stats.requests)
+        self.query_one(LatencyPanel).show(self.latency.quantiles(TTFT), self.latency.quantiles(TPOT))
+        self.query_one(AdmissionPanel).show(stats.admission, stats.requests)
+        self.query_one(TenantsTable).show(result.tenants)
+        self.query_one(CollectionsTable).show(result.collections, self.uploads)
+
+    def show_disconnected(self, message: str) -> None:
+        self.last_error = message
+        self.query_one(ConnectionBanner).show_error(message, self.poll_interval_s)
+        self.query_one("#panels").add_class("-stale")
+
+    # --- actions ---------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The dashboard's own keys do nothing while a dialog is open."""
+        return not (action in MAIN_ACTIONS and len(self.screen_stack) > 1)
+
+    def confirm(self, message: str) -> None:
+        self.query_one(MessageLine).confirm(message)
+        self.notify(message, timeout=4)
+
+    def report_error(self, message: str) -> None:
+        self.query_one(MessageLine).error(message)
+        self.notify(message, severity="error", timeout=8)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_ingest(self) -> None:
+        collection = self.query_one(CollectionsTable).highlighted_key or ""
+        self.push_screen(IngestScreen(collection), self._ingest_chosen)
+
+    def _ingest_chosen(self, request: IngestRequest | None) -> None:
+        if request is not None:
+            self.ingest(request)
+
+    @work(group="ingest", exit_on_error=False)
+    async def ingest(self, request: IngestRequest) -> None:
+        name, total = request.collection, len(request.files)
+        counts: dict[str, int] = {}
+        chunks, first_error = 0, None
+        try:
+            for i, file in enumerate(request.files, 1):
+                self._set_upload(name, f"uploading {i}/{total}")
+                status, num_chunks, error = await self._upload_one(name, file)
+                counts[status] = counts.get(status, 0) + 1
+                chunks += num_chunks
+                first_error = first_error or (f"{file.source}: {error}" if error else None)
+        except ApiError as exc:
+            done = sum(counts.values())
+            self.report_error(f"ingest into {name!r} stopped after {done} of {total} files: {exc.message}")
+            return
+        finally:
+            self._set_upload(name, None)
+            self.poll()
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        files = f"{total} file{'s' if total != 1 else ''}"
+        message = f"ingested {files} into {name!r}: {summary} · {chunks} chunks"
+        if first_error:
+            self.report_error(f"{message}; {first_error}")
+        else:
+            self.confirm(message)
+
+    async def _upload_one(self, collection: str, file) -> tuple[str, int, str | None]:
+        """(status, chunks, error) of one file; errors that doom the whole upload raise ApiError."""
+        try:
+            data = await asyncio.to_thread(file.path.read_bytes)
+        except OSError as exc:
+            return "failed", 0, (exc.strerror or str(exc)).lower()
+        try:
+            result = await self.client.upload(collection, file.source, data)
+        except ApiError as exc:
+            if exc.is_connection_error or exc.is_auth_error or exc.status in (404, 503):
+                raise
+            return "failed", 0, exc.message
+        return result.status, (result.chunks if result.status in ("added", "replaced") else 0), result.error
+
+    def _set_upload(self, collection: str, progress: str | None) -> None:
+        if progress is None:
+            self.uploads.pop(collection, None)
+        else:
+            self.uploads[collection] = progress
+        rows = self.last_poll.collections if self.last_poll else []
+        self.query_one(CollectionsTable).show(rows, self.uploads)
+
+    def action_flush(self) -> None:
+        self.flush()
+
+    @work(exclusive=True, group="flush", exit_on_error=False)
+    async def flush(self) -> None:
+        try:
+            flushed = await self.client.flush_cache()
+        except ApiError as exc:
+            self.report_error(f"flush failed: {exc.message}")
+            return
+        self.confirm(f"prefix cache flushed: {flushed} cached block{'s' if flushed != 1 else ''} freed")
+        self.poll()
+
+    def action_toggle_admission(self) -> None:
+        paused = self.last_poll.stats.admission.paused if self.last_poll else False
+        self.set_admission(not paused)
+
+    @work(exclusive=True, group="admission", exit_on_error=False)
+    async def set_admission(self, pause: bool) -> None:
+        try:
+            snapshot = await self.client.set_paused(pause)
+        except ApiError as exc:
+            self.report_error(f"{'pause' if pause else 'resume'} failed: {exc.message}")
+            return
+        if snapshot.get("paused"):
+            self.confirm("admission paused: new requests get 503 until you press p again")
+        else:
+            self.confirm("admission resumed: new requests are accepted")
+        self.poll()
+
+    def action_new_key(self) -> None:
+        self.push_screen(NewKeyScreen(self.client), self._key_created)
+
+    def _key_created(self, new_key: NewKey | None) -> None:
+        if new_key is None:
+            return
+        created = " (new tenant)" if new_key.created_tenant else ""
+        self.confirm(f"API key created for tenant {new_key.tenant!r}{created}; it is shown once")
+        self.push_screen(KeyShownScreen(new_key))
+        self.poll()

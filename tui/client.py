@@ -1,0 +1,170 @@
+"""The dashboard's only window on the appliance: a small async HTTP client over aiohttp.
+
+Every failure becomes an `ApiError` whose message is written for the operator (it is shown on
+screen as is): an unreachable server, a rejected key and a refused request read differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+
+POLL_TIMEOUT_S = 5.0
+UPLOAD_TIMEOUT_S = 600.0
+
+
+class ApiError(Exception):
+    """A request that did not succeed; `status` is the HTTP status, or None when no answer came."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+    @property
+    def is_connection_error(self) -> bool:
+        return self.status is None
+
+    @property
+    def is_auth_error(self) -> bool:
+        return self.status in (401, 403)
+
+
+@dataclass(slots=True, frozen=True)
+class UploadResult:
+    source: str
+    status: str
+    chunks: int
+    error: str | None
+
+
+class ApplianceClient:
+    """One aiohttp session per dashboard; open() and close() bracket its life on the app's loop."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float = POLL_TIMEOUT_S) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- reads -----------------------------------------------------------------------------------
+    async def stats(self) -> dict:
+        return await self._json("GET", "/admin/stats")
+
+    async def metrics(self) -> str:
+        return await self._text("GET", "/metrics")
+
+    async def tenants(self) -> list[dict]:
+        return list((await self._json("GET", "/admin/tenants")).get("tenants", []))
+
+    async def collections(self) -> list[dict]:
+        return list((await self._json("GET", "/v1/collections")).get("collections", []))
+
+    async def documents(self, collection: str) -> list[dict]:
+        """The documents of one collection; an empty list when the collection does not exist (404)."""
+        try:
+            body = await self._json("GET", _documents_path(collection))
+        except ApiError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return list(body.get("documents", []))
+
+    # --- actions ---------------------------------------------------------------------------------
+    async def flush_cache(self) -> int:
+        return int((await self._json("POST", "/admin/cache/flush")).get("flushed_blocks", 0))
+
+    async def set_paused(self, paused: bool) -> dict:
+        return await self._json("POST", "/admin/admission/pause" if paused else "/admin/admission/resume")
+
+    async def create_tenant(self, name: str) -> dict:
+        return await self._json("POST", "/admin/tenants", json={"name": name})
+
+    async def create_key(self, tenant: str) -> str:
+        body = await self._json("POST", "/admin/keys", json={"tenant": tenant, "role": "tenant"})
+        return str(body["key"])
+
+    async def upload(self, collection: str, source: str, data: bytes) -> UploadResult:
+        """Upload one file (a multipart part named `file` whose filename is the document's source)."""
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=source, content_type="application/octet-stream")
+        timeout = aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT_S)
+        body = await self._json("POST", _documents_path(collection), data=form, timeout=timeout)
+        item = (body.get("results") or [{}])[0]
+        return UploadResult(str(item.get("source", source)), str(item.get("status", "failed")),
+                            int(item.get("chunks") or 0), item.get("error"))
+
+    # --- plumbing --------------------------------------------------------------------------------
+    async def _json(self, method: str, path: str, **kwargs) -> dict:
+        status, text = await self._request(method, path, **kwargs)
+        body = _parse_json(text)
+        if status >= 400:
+            raise _status_error(status, body)
+        if not isinstance(body, dict):
+            raise ApiError(f"{path} answered {status} without a JSON object", status)
+        return body
+
+    async def _text(self, method: str, path: str) -> str:
+        status, text = await self._request(method, path)
+        if status >= 400:
+            raise _status_error(status, _parse_json(text))
+        return text
+
+    async def _request(self, method: str, path: str, **kwargs) -> tuple[int, str]:
+        await self.open()
+        assert self._session is not None
+        try:
+            async with self._session.request(method, self.base_url + path, **kwargs) as response:
+                return response.status, await response.text()
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiError(f"cannot connect to {self.base_url} ({_reason(exc)})") from None
+        except asyncio.TimeoutError:
+            raise ApiError(f"{self.base_url} did not answer {method} {path} in time") from None
+        except aiohttp.ClientError as exc:
+            raise ApiError(f"lost the connection to {self.base_url} ({type(exc).__name__})") from None
+
+
+def _documents_path(collection: str) -> str:
+    return f"/v1/collections/{quote(collection, safe='')}/documents"
+
+
+def _parse_json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _status_error(status: int, body: object) -> ApiError:
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if status == 401:
+        return ApiError(f"the API key was rejected (401): {message or 'unauthorized'}", status, code)
+    if status == 403:
+        return ApiError(f"this key may not use the admin API (403): {message or 'forbidden'}", status, code)
+    return ApiError(f"{message or 'request failed'} ({status})", status, code)
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    """A short, stable reason: 'connection refused' rather than the socket library's full sentence."""
+    os_error = exc.os_error
+    if isinstance(os_error, ConnectionRefusedError):
+        return "connection refused"
+    if os_error is not None and os_error.strerror:
+        return os_error.strerror.lower()
+    return "no route to the server"
