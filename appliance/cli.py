@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "appliance.commands.admin",
     "appliance.commands.ingest",
     "appliance.commands.eval",
+    "appliance.commands.dashboard",
 ]
 
 
