@@ -46,6 +46,7 @@ class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's context length
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"  # auto (Triton on CUDA, torch elsewhere) | torch | triton
+    enable_cuda_graphs: bool = True  # capture decode steps on CUDA
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
 

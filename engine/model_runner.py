@@ -40,12 +40,26 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+            env_threads = int(os.environ.get("APPLIANCE_NUM_THREADS", "0") or 0)
+            torch.set_num_threads(config.num_threads or env_threads or len(os.sched_getaffinity(0)))
         self.model = self._build_model(ckpt)
         self.backend = get_backend(self.device, config.attention_backend)
         self.block_size = config.block_size
         self.num_blocks = config.num_blocks or self._blocks_from_budget()
         self.kv_caches = self._allocate_kv(self.num_blocks)
+        self.graphs = self._capture_graphs() if self._use_graphs() else None
+
+    def _use_graphs(self) -> bool:
+        return self.device.type == "cuda" and self.config.enable_cuda_graphs and self.backend.name == "triton"
+
+    def _capture_graphs(self):
+        from engine.cuda_graphs import DecodeGraphs
+
+        max_len = self.config.max_model_len or self.model_config.max_position_embeddings
+        max_blocks = min(self.num_blocks, -(-max_len // self.block_size))
+        with torch.inference_mode():
+            return DecodeGraphs(self.model, self.backend, self.kv_caches, self.config.max_num_seqs,
+                                max_blocks, self.device)
 
     def _build_model(self, ckpt: Checkpoint) -> LlamaForCausalLM:
         with torch.device("meta"):
@@ -98,7 +112,11 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
         """Run the step; returns logits [num_sampling_seqs, vocab] and those sequences, in order."""
         ids, positions, meta, sample_idx, sample_seqs = self.prepare(batch)
-        hidden = self.model(ids, positions, meta, self.kv_caches, self.backend)
+        if self.graphs is not None and self.graphs.can_run(
+                batch.num_decodes, len(batch.seqs), meta.decode_block_tables.shape[1]):
+            hidden = self.graphs.run(ids, positions, meta)
+        else:
+            hidden = self.model(ids, positions, meta, self.kv_caches, self.backend)
         if not sample_seqs:
             return torch.empty(0), []
         logits = self.model.compute_logits(hidden[sample_idx])
