@@ -31,7 +31,7 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         ckpt = load_checkpoint(config.model)
         self.model_config = ckpt.config
-        self.model_name = ckpt.path.stem if ckpt.format == "gguf" else ckpt.path.name
+        self.model_name = {"gguf": ckpt.path.stem, "hf": ckpt.path.name}.get(ckpt.format, str(ckpt.path))
         self.tokenizer = Tokenizer.from_checkpoint(ckpt)
         self.runner = ModelRunner(config, ckpt)
         del ckpt  # the runner holds its own copy of the weights

@@ -52,7 +52,30 @@ def bundled_model_path() -> Path:
     return files[0]
 
 
+# Llama-shaped models with random weights, for GPU benchmarks of shapes we cannot ship.
+RANDOM_SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                 head_dim=16, vocab_size=49152),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8,
+               head_dim=64, vocab_size=128256),  # Llama-3.2-1B
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+               head_dim=128, vocab_size=128256),  # Llama-3-8B
+}
+
+
+def random_checkpoint(spec: str) -> Checkpoint:
+    """`random:1b` etc.: the shape only; the runner initialises weights on the device."""
+    name = spec.split(":", 1)[1]
+    if name not in RANDOM_SHAPES:
+        raise CheckpointError(f"unknown random shape {name!r}; choose from {', '.join(RANDOM_SHAPES)}")
+    config = ModelConfig(**RANDOM_SHAPES[name], rope_theta=500000.0, max_position_embeddings=16384,
+                         eos_token_ids=[2], name=f"random-{name}")
+    return Checkpoint(config, {}, Path(spec), "random")
+
+
 def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
+    if isinstance(path, str) and path.startswith("random:"):
+        return random_checkpoint(path)
     p = Path(path) if path else bundled_model_path()
     if not p.exists():
         raise CheckpointError(f"model path does not exist: {p}")

@@ -62,6 +62,8 @@ class ModelRunner:
                                 max_blocks, self.device)
 
     def _build_model(self, ckpt: Checkpoint) -> LlamaForCausalLM:
+        if ckpt.format == "random":
+            return self._random_model(ckpt)
         with torch.device("meta"):
             model = LlamaForCausalLM(ckpt.config, ckpt.rope_freq_factors)
         model = model.to_empty(device="cpu")
@@ -71,6 +73,22 @@ class ModelRunner:
         # RoPE frequencies stay fp32 whatever the weights' dtype (as in HF transformers).
         model.rotary.inv_freq = rope_inv_freq(ckpt.config, ckpt.rope_freq_factors).to(self.device)
         return model
+
+    def _random_model(self, ckpt: Checkpoint) -> LlamaForCausalLM:
+        """Build straight on the device in the target dtype (an 8B shape never touches host memory)."""
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = LlamaForCausalLM(ckpt.config)
+        finally:
+            torch.set_default_dtype(default)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" not in name:
+                    param.normal_(0.0, 0.02)
+        model.rotary.inv_freq = rope_inv_freq(ckpt.config).to(self.device)
+        return model.eval()
 
     @property
     def bytes_per_block(self) -> int:

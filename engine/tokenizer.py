@@ -34,6 +34,10 @@ class Tokenizer:
 
         if ckpt.format == "hf":
             hf = AutoTokenizer.from_pretrained(str(ckpt.path))
+        elif ckpt.format == "random":  # random weights: any tokenizer will do; use the bundled one
+            from engine.loader import bundled_model_path
+
+            hf = _gguf_tokenizer(bundled_model_path())
         else:
             hf = _gguf_tokenizer(ckpt.path)
         return cls(hf, ckpt.config.eos_token_ids)

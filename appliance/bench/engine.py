@@ -15,15 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-requests", type=int, default=32)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size of the HF peer")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="default: float32 on CPU (measured faster here), bfloat16 on CUDA")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model", default=None, help="GGUF file or HF dir (default: bundled SmolLM2)")
+    p.add_argument("--model", default=None,
+                   help="GGUF file, HF dir, or random:1b / random:8b (default: bundled SmolLM2)")
     p.add_argument("--skip-hf", action="store_true", help="only run our engine")
 
 
 def run(args: argparse.Namespace) -> int:
     from engine import EngineConfig, LLMEngine, SamplingParams
 
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                                     kv_cache_gib=2.0, max_num_seqs=256))
     prompts = [engine.tokenizer.apply_chat_template(r.messages) for r in rag_requests(args.num_requests)]
@@ -72,11 +75,33 @@ def _time_hf(engine, prompts, args) -> tuple[float, int]:
 def _load_hf(model_arg, dtype, device, auto_cls):
     from engine.loader import bundled_model_path
 
+    if model_arg and model_arg.startswith("random:"):
+        return _random_hf(model_arg.split(":", 1)[1], dtype, device)
     path = Path(model_arg) if model_arg else bundled_model_path()
     kw = {"dtype": getattr(torch, dtype)}
     if path.suffix == ".gguf":
         return auto_cls.from_pretrained(str(path.parent), gguf_file=path.name, **kw).to(device).eval()
     return auto_cls.from_pretrained(str(path), **kw).to(device).eval()
+
+
+def _random_hf(name: str, dtype: str, device: str):
+    """The same random Llama shape in HF transformers (weights differ; throughput does not care)."""
+    import transformers
+
+    from engine.loader import RANDOM_SHAPES
+
+    s = RANDOM_SHAPES[name]
+    config = transformers.LlamaConfig(
+        vocab_size=s["vocab_size"], hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
+        num_hidden_layers=s["num_layers"], num_attention_heads=s["num_heads"],
+        num_key_value_heads=s["num_kv_heads"], head_dim=s["head_dim"], max_position_embeddings=16384)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            return transformers.LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
 
 
 @torch.inference_mode()
