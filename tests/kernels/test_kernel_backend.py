@@ -71,7 +71,7 @@ def test_kernel_tests_run_when_triton_was_imported_before_the_flag():
     node = "tests/kernels/test_kernel_cache.py::test_store_kv_matches_reference"
     code = ("import sys, triton, pytest\n"
             f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', {node!r}]))\n")
-    _python(code, {})
+    _python(code, {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})  # startup time: these tests need no plugin
 
 
 def _python(code: str, extra_env: dict[str, str]) -> None:

@@ -31,7 +31,7 @@ def poisoned_workspace(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"h{s[0]}kv{s[1]}d{s[2]}p{s[3]}t{s[4]}")
-@pytest.mark.parametrize("num_splits", [None, 1, 3, 64])
+@pytest.mark.parametrize("num_splits", [1, 3, 64])  # planned splits: the entry-point test below
 def test_decode_matches_reference(dtype, shape, num_splits, device, paged_cache, close, poisoned_workspace):
     heads, kv_heads, head_dim, page_size, tile, lens = shape
     cache = paged_cache(lens, kv_heads, head_dim, page_size, dtype)
@@ -45,7 +45,10 @@ def test_decode_matches_reference(dtype, shape, num_splits, device, paged_cache,
 
 
 def test_decode_entry_point_has_reference_signature(device, paged_cache, close):
-    cache = paged_cache([7, 130], 2, 16, 8, torch.float32)
+    """Also the planned split count: here more than one split, merged."""
+    cache = paged_cache([7, 600], 2, 16, 8, torch.float32)
+    bound = cache.block_tables.shape[1] * 8
+    assert decode.plan_decode(2, 2, bound, torch.device(device)).num_splits > 1
     q = torch.randn(2, 6, 16, device=device)
     out = decode.paged_decode_attention(q, cache.k_poisoned, cache.v_poisoned, cache.block_tables,
                                         cache.seq_lens, 0.3)
