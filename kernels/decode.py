@@ -221,6 +221,7 @@ def _merge_splits_kernel(
     base = seq * stride_ps + head * stride_ph + splits * stride_pk
     parts = tl.load(part_out_ptr + base[:, None] + dims[None, :],
                     mask=(weights > 0.0)[:, None] & (dims < HEAD_DIM)[None, :], other=0.0)
-    result = tl.sum(parts * weights[:, None], axis=0) / tl.sum(weights, axis=0)
+    total = tl.sum(weights, axis=0)  # 0 only for a sequence with no keys at all: output 0, not NaN
+    result = tl.sum(parts * weights[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
     tl.store(out_ptr + seq * stride_os + head * stride_oh + dims, result.to(out_ptr.dtype.element_ty),
              mask=dims < HEAD_DIM)

@@ -57,6 +57,18 @@ def test_decode_entry_point_has_reference_signature(device, paged_cache, close):
     close(out, ref, torch.float32)
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_of_a_sequence_without_keys_is_zero(num_splits, device, paged_cache):
+    """A length-0 row (the reference's softmax gives NaN there) yields zeros, not NaN."""
+    cache = paged_cache([70, 5], 2, 16, 8, torch.float32)
+    lens = torch.tensor([70, 0], dtype=torch.int32, device=device)
+    q = torch.randn(2, 4, 16, device=device)
+    out = decode.decode_attention(q, cache.k_poisoned, cache.v_poisoned, cache.block_tables, lens, 0.25,
+                                  num_splits=num_splits, out=_nan_like(q))
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert bool(torch.isfinite(out[0]).all())
+
+
 @pytest.mark.parametrize(("num_seqs", "bound", "tile", "forced"), [
     (1, 16384, 64, None), (256, 16384, 64, None), (1, 16, 64, None), (3, 100, 16, None),
     (2, 1000, 64, 7), (2, 40, 16, 64),
