@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "appliance.commands.bench",
     "appliance.commands.serve",
     "appliance.commands.admin",
+    "appliance.commands.demo",
     "appliance.commands.ingest",
     "appliance.commands.eval",
     "appliance.commands.dashboard",

@@ -40,8 +40,9 @@ async def drain(state: AppState, timeout: float) -> bool:
     return False
 
 
-async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None = None) -> int:
-    """Run until a stop signal; returns the process exit code (0 after a clean drain)."""
+async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit code (0 after a clean drain)."""
     app = create_app(config)
     state = app[STATE]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=ABORT_GRACE_S)
@@ -56,7 +57,7 @@ async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None
     url = _bound_url(site, config)
     if on_listening is not None:
         on_listening(url)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     _install_signals(stop)
     loader = asyncio.create_task(load_components(state))
     sampler = asyncio.create_task(sample_rates(state))
