@@ -46,17 +46,24 @@ def tile_dot(a, b, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     return tl.dot(a, b, input_precision=DOT_PRECISION, out_dtype=tl.float32)
 
 
+def tile_layout(tile: int, page_size: int) -> dict[str, int]:
+    """Constexprs of `tile_pages`: pages a tile spans (PAGES) and tokens it takes from each (SUB)."""
+    check_page_size(tile)
+    check_page_size(page_size)
+    pages = max(1, tile // page_size)
+    return {"PAGE_SIZE": page_size, "TILE": tile, "PAGES": pages, "SUB": tile // pages}
+
+
 @triton.jit
-def tile_pages(table_row_ptr, tile_start, num_pages, PAGE_SIZE: tl.constexpr, TILE: tl.constexpr):
+def tile_pages(table_row_ptr, tile_start, num_pages, PAGE_SIZE: tl.constexpr, TILE: tl.constexpr,
+               PAGES: tl.constexpr, SUB: tl.constexpr):
     """(block id, offset in block) of tokens tile_start .. tile_start+TILE, each int64 [TILE].
 
-    The block table is read once per tile: TILE // PAGE_SIZE entries when a tile spans several
+    The block table is read once per tile: PAGES = TILE // PAGE_SIZE entries when a tile spans several
     pages, one entry when a page holds several tiles. Both sizes are powers of two and tiles start
     at multiples of TILE, so a tile never covers part of a page it shares with another tile's
     start. Pages at or past `num_pages` read block 0; the caller masks their tokens.
     """
-    PAGES: tl.constexpr = (TILE + PAGE_SIZE - 1) // PAGE_SIZE  # 1 when a page holds the whole tile
-    SUB: tl.constexpr = TILE // PAGES
     pages = tile_start // PAGE_SIZE + tl.arange(0, PAGES)
     blocks = tl.load(table_row_ptr + pages, mask=pages < num_pages, other=0).to(tl.int64)
     offsets = (tile_start % PAGE_SIZE + tl.arange(0, SUB)).to(tl.int64)

@@ -24,6 +24,7 @@ from kernels._tile import (
     dot_settings,
     next_pow2,
     tile_dot,
+    tile_layout,
     tile_operand,
     tile_pages,
 )
@@ -117,7 +118,7 @@ def _launch_splits(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         out.stride(0), out.stride(1), part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, BLOCK_H=max(MIN_DOT, next_pow2(group)), HEAD_DIM=head_dim,
-        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), PAGE_SIZE=k_cache.shape[1], TILE=plan.tile,
+        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), **tile_layout(plan.tile, k_cache.shape[1]),
         NUM_SPLITS=plan.num_splits, IS_INT8=scales is not None, **dot_settings(q.dtype),
     )
 
@@ -139,7 +140,8 @@ def _decode_split_kernel(
     stride_ksb, stride_kst, stride_ksh, stride_vsb, stride_vst, stride_vsh, stride_table,
     stride_os, stride_oh, stride_ps, stride_ph, stride_pk, stride_ls, stride_lh,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr, IS_INT8: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, TILE: tl.constexpr, PAGES: tl.constexpr, SUB: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, IS_INT8: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -163,7 +165,7 @@ def _decode_split_kernel(
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     table_row = tables_ptr + seq.to(tl.int64) * stride_table
     for tile_start in range(start, end, TILE):
-        blocks, offsets = tile_pages(table_row, tile_start, num_pages, PAGE_SIZE, TILE)
+        blocks, offsets = tile_pages(table_row, tile_start, num_pages, PAGE_SIZE, TILE, PAGES, SUB)
         tokens = tile_start + tl.arange(0, TILE)
         tok_mask = tokens < end
         kv_mask = tok_mask[:, None] & dim_mask[None, :]

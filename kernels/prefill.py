@@ -21,6 +21,7 @@ from kernels._tile import (
     dot_settings,
     next_pow2,
     tile_dot,
+    tile_layout,
     tile_operand,
     tile_pages,
 )
@@ -75,8 +76,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         *k_scales.stride()[:3], *v_scales.stride()[:3], block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q, BLOCK_M=block_q * group_pad, HEAD_DIM=head_dim,
-        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), PAGE_SIZE=page_size,
-        TILE=tile, IS_INT8=scales is not None, **dot_settings(q.dtype),
+        BLOCK_D=max(MIN_DOT, next_pow2(head_dim)), **tile_layout(tile, page_size), IS_INT8=scales is not None,
+        **dot_settings(q.dtype),
     )
     return out
 
@@ -89,8 +90,8 @@ def _prefill_kernel(
     stride_ksb, stride_kst, stride_ksh, stride_vsb, stride_vst, stride_vsh, stride_table,
     stride_ot, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, TILE: tl.constexpr, IS_INT8: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, TILE: tl.constexpr,
+    PAGES: tl.constexpr, SUB: tl.constexpr, IS_INT8: tl.constexpr,
     UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     q_block = tl.program_id(0)
@@ -122,7 +123,7 @@ def _prefill_kernel(
     num_pages = tl.minimum(tl.cdiv(seq_len, PAGE_SIZE), table_width)
     kv_end = tl.minimum(seq_len, context_len + tl.minimum((q_block + 1) * BLOCK_Q, chunk_len))
     for tile_start in range(0, kv_end, TILE):
-        blocks, offsets = tile_pages(table_row, tile_start, num_pages, PAGE_SIZE, TILE)
+        blocks, offsets = tile_pages(table_row, tile_start, num_pages, PAGE_SIZE, TILE, PAGES, SUB)
         keys = tile_start + tl.arange(0, TILE)
         key_mask = keys < kv_end
         kv_mask = key_mask[:, None] & dim_mask[None, :]
