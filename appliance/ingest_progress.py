@@ -59,7 +59,7 @@ class RichIngestProgress:
         self._progress.update(self._task, files_done=self._num_files_done)
         if result.status == "failed":
             self._progress.console.print(
-                f"failed: {result.source}: {result.error}", markup=False, highlight=False
+                f"failed: {result.source}: {result.error}", markup=False, highlight=False, soft_wrap=True
             )
 
 

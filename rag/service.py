@@ -23,8 +23,6 @@ from rag.retrieval import Retriever
 from rag.settings import RagSettings
 from rag.sparse import Bm25Encoder
 from rag.store.base import VectorStore
-from rag.store.edge import EdgeStore
-from rag.store.server import QdrantServerStore, connect
 from rag.types import CollectionInfo, DocInfo, DocResult, Hit, IngestSummary, Scope
 
 
@@ -133,6 +131,11 @@ class RagService:
 
 
 def _open_store(root: Path, qdrant_url: str | None, dimension: int) -> VectorStore:
+    """Backends are imported on demand: each pulls in its own (heavy) Qdrant package."""
     if qdrant_url:
+        from rag.store.server import QdrantServerStore, connect
+
         return QdrantServerStore(connect(qdrant_url), dimension)
+    from rag.store.edge import EdgeStore
+
     return EdgeStore(root / "edge", dimension)

@@ -60,6 +60,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
 def run_ingest(args: argparse.Namespace) -> int:
     from appliance.ingest_progress import RichIngestProgress, summary_line
 
+    _validate(args)
     with RichIngestProgress(enabled=not args.quiet) as progress:
         if args.url:
             summary = _client(args).upload_paths(
@@ -77,6 +78,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    _validate(args)
     if args.url:
         documents = _client(args).list_documents(args.collection)
     else:
@@ -91,6 +93,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    _validate(args)
     if args.url:
         deleted = _client(args).delete_document(args.collection, args.doc_id)
     else:
@@ -100,6 +103,17 @@ def run_delete(args: argparse.Namespace) -> int:
         raise UserError(f"document {args.doc_id} not found in collection {args.collection}")
     print(f"deleted {args.doc_id}")
     return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Check names before anything slow (model load, network) happens."""
+    from rag.types import Scope
+
+    Scope(args.tenant or "-", args.collection)
+    if args.url:
+        _client(args)
+    else:
+        _tenant(args)
 
 
 def _tenant(args: argparse.Namespace) -> str:
