@@ -10,6 +10,7 @@ BENCHMARKS = {
     "engine": "appliance.bench.engine",
     "prefix": "appliance.bench.prefix",
     "ingest": "appliance.bench_ingest",
+    "serve": "appliance.bench_serve",
 }
 
 
