@@ -1,0 +1,35 @@
+"""The serving benchmark's load generator against the real server, and its summary arithmetic."""
+
+from __future__ import annotations
+
+from appliance.bench_serve import Sample, percentiles, run_load, short_workload, summarize
+from tests.server.helpers import ADMIN_KEY
+
+
+def test_closed_loop_and_poisson_loads_measure_every_request(server, run):
+    workload = short_workload(server.model, 6, 3, seed=1)
+    for concurrency, rate in ((3, None), (None, 50.0)):
+        samples, duration = run(run_load(server.url, ADMIN_KEY, workload, concurrency, rate, seed=1))
+        assert len(samples) == 6 and all(s.ok for s in samples), [s.error for s in samples]
+        assert all(s.output_tokens == 3 and s.ttft is not None and s.ttft <= s.e2e for s in samples)
+        assert all(len(s.itl) >= 1 for s in samples)
+        row = summarize("x", samples, duration)
+        assert row["completed"] == 6 and row["failed"] == 0 and row["output_tokens"] == 18
+
+
+def test_failed_requests_are_counted_not_raised(server, run):
+    workload = short_workload("no-such-model", 2, 2, seed=0)
+    samples, duration = run(run_load(server.url, ADMIN_KEY, workload, 2, None, seed=0))
+    row = summarize("bad", samples, duration)
+    assert row["failed"] == 2 and row["errors"] == ["HTTP 404"]
+
+
+def test_percentiles_and_summary_arithmetic():
+    assert percentiles([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
+    stats = percentiles([float(i) for i in range(1, 101)])
+    assert stats["p50"] == 50.0 and stats["p90"] == 90.0 and stats["p99"] == 99.0 and stats["mean"] == 50.5
+    samples = [Sample(ok=True, start=0.0, ttft=1.0, e2e=3.0, itl=[1.0, 1.0], output_tokens=3,
+                      prompt_tokens=10)]
+    row = summarize("one", samples, 2.0)
+    assert row["tpot_s"]["mean"] == 1.0 and row["output_token_throughput"] == 1.5
+    assert row["total_token_throughput"] == 6.5
