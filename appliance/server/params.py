@@ -48,7 +48,17 @@ async def read_json(request: web.Request, limit: int) -> Body:
         raise bad_request("the JSON body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    _check_unicode(data)
     return Body(data)
+
+
+def _check_unicode(data: dict) -> None:
+    """Refuse lone UTF-16 surrogates (`"\\ud800"`): valid JSON, but no tokenizer can encode them."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("the JSON body contains an unpaired surrogate escape (\\ud800-\\udfff); "
+                          "send valid Unicode text", code="invalid_json") from None
 
 
 def _type_error(name: str, expected: str) -> ApiError:
