@@ -91,6 +91,8 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
         response = await handler(request)
     except ApiError as err:
         ctx.error_code = err.code or err.type
+        if err.status in (429, 503):
+            state_of(request).metrics.rejections.inc(reason=ctx.error_code)
         response = err.response()
     except web.HTTPException as exc:
         err = _http_error(exc)
