@@ -110,10 +110,12 @@ async def _main(config, key: str, plan: DemoPlan, once: bool) -> int:
             return await server
         await demo_session(url, key, plan, sys.stdout)
     except Exception as exc:
-        print(f"appliance: error: demo failed: {exc}", file=sys.stderr)
+        interrupted = stop.is_set()  # after Ctrl-C the server refuses new requests: no failure
+        if not interrupted:
+            print(f"appliance: error: demo failed: {exc}", file=sys.stderr)
         stop.set()
-        await server
-        return 1
+        code = await server
+        return code if interrupted else 1
     if once:
         stop.set()
     else:

@@ -72,6 +72,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.drain_timeout_s < 0:
             raise ConfigError("drain_timeout_s must be >= 0")
+        if self.model is not None and not Path(self.model).exists():
+            raise ConfigError(f"model path does not exist: {self.model}")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ConfigError("APPLIANCE_ADMIN_KEY must be at least 16 characters")
         return self
