@@ -62,6 +62,7 @@ class DashboardApp(App[None]):
         self.last_error: str | None = None
         self.uploads: dict[str, str] = {}
         self._polling = False
+        self.num_polls = 0  # attempts, answered or not: the retrying is visible to tests and operators
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.client.base_url, id="status")
@@ -94,6 +95,7 @@ class DashboardApp(App[None]):
     async def refresh_now(self) -> bool:
         """One poll, shown on screen; True when the appliance answered."""
         self._polling = True
+        self.num_polls += 1
         try:
             result = await poll_once(self.client)
         except ApiError as exc:
@@ -124,6 +126,7 @@ class DashboardApp(App[None]):
     def show_disconnected(self, message: str) -> None:
         self.last_error = message
         self.query_one(ConnectionBanner).show_error(message, self.poll_interval_s)
+        self.query_one(StatusBar).show_offline()
         self.query_one("#panels").add_class("-stale")
 
     # --- actions ---------------------------------------------------------------------------------

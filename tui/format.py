@@ -6,13 +6,14 @@ DASH = "–"
 
 
 def count(value: int | float) -> str:
-    """1234 -> '1,234'; past 99,999 compact: 123.4k, 12.3M."""
+    """1234 -> '1,234'; past 99,999 compact: 432k, 1.3M, 12M (three significant digits at most)."""
     value = float(value)
     if abs(value) < 100_000:
         return f"{round(value):,}"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
-            return f"{value / size:.1f}{unit}"
+            scaled = value / size
+            return f"{scaled:.1f}{unit}" if abs(scaled) < 10 else f"{scaled:.0f}{unit}"
     return f"{value:.0f}"
 
 

@@ -32,7 +32,7 @@ class IngestScreen(ModalScreen[IngestRequest | None]):
             yield Label("Collection")
             yield Input(self.default_collection, placeholder="e.g. docs", id="collection")
             yield Static(id="collection-error", classes="field-error")
-            yield Label("Files or directories (separate with spaces; quote a path with spaces)")
+            yield Label("Files or directories (space-separated; quote paths with spaces)")
             yield Input(placeholder="e.g. ~/notes README.md", id="path")
             yield Static(id="path-error", classes="field-error")
             with Horizontal(classes="buttons"):

@@ -15,12 +15,14 @@ class KeyedTable(DataTable):
     EMPTY = "nothing yet"
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_cursor=False)
+        # No cell padding: the one-space gaps are part of the cells (see _cell), so five columns fit
+        # in the 38 cells a table gets at 80 columns.
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_cursor=False, cell_padding=0)
         self._keys: list[str] = []
 
     def on_mount(self) -> None:
-        for label, key, right in self.COLUMNS:
-            self.add_column(Text(label, justify="right" if right else "left"), key=key)
+        for i, (label, key, right) in enumerate(self.COLUMNS):
+            self.add_column(_cell(label, right, i == 0), key=key)
 
     def on_focus(self) -> None:
         self.show_cursor = True
@@ -34,13 +36,14 @@ class KeyedTable(DataTable):
         keys = [key for key, _ in rows]
         if keys == self._keys:
             for key, cells in rows:
-                for (_, column, right), value in zip(self.COLUMNS, cells, strict=True):
-                    self.update_cell(key, column, _cell(value, right), update_width=True)
+                for i, ((_, column, right), value) in enumerate(zip(self.COLUMNS, cells, strict=True)):
+                    self.update_cell(key, column, _cell(value, right, i == 0), update_width=True)
             return
         highlighted = self._keys[self.cursor_row] if 0 <= self.cursor_row < len(self._keys) else None
         self.clear()
         for key, cells in rows:
-            self.add_row(*(_cell(v, right) for (_, _, right), v in zip(self.COLUMNS, cells, strict=True)),
+            self.add_row(*(_cell(v, right, i == 0)
+                           for i, ((_, _, right), v) in enumerate(zip(self.COLUMNS, cells, strict=True))),
                          key=key)
         self._keys = keys
         if highlighted in keys:
@@ -54,8 +57,9 @@ class KeyedTable(DataTable):
 
     def cells(self) -> list[list[str]]:
         """The table's text, row by row (what an operator reads)."""
-        return [[str(c) for c in self.get_row_at(i)] for i in range(self.row_count)]
+        return [[str(c).strip() for c in self.get_row_at(i)] for i in range(self.row_count)]
 
 
-def _cell(value: str, right: bool) -> Text:
-    return Text(value, justify="right" if right else "left")
+def _cell(value: str, right: bool, first: bool) -> Text:
+    """Every column but the first carries the one-space gap on its left."""
+    return Text(value if first else f" {value}", justify="right" if right else "left")

@@ -9,6 +9,7 @@ from textual.widgets import Static
 from tui import format as fmt
 from tui.stats import StatsSnapshot
 
+OFFLINE = "#e06c75"
 STATUS_COLORS = {"ready": "#98c379", "paused": "#e5c07b", "loading": "#e5c07b", "draining": "#e06c75"}
 
 
@@ -27,13 +28,19 @@ class StatusBar(Static):
                                   " · ", self.url))
 
 
+    def show_offline(self) -> None:
+        """The last numbers stay on the panels (dimmed); the top line no longer vouches for them."""
+        red = Style(color=OFFLINE, bold=True)
+        self.update(Text.assemble(("● ", red), ("offline", red), " · ", self.url))
+
+
 class ConnectionBanner(Static):
     """Hidden while the last poll succeeded; otherwise says plainly what is wrong and that it retries."""
 
     message = ""
 
     def show_error(self, message: str, interval_s: float | None) -> None:
-        retry = f" — retrying every {interval_s:g} s" if interval_s else ""
+        retry = f" · retrying every {interval_s:g}s" if interval_s else ""
         self.message = message
         self.update(f"✖ {message}{retry}")
         self.add_class("-visible")
@@ -47,6 +54,9 @@ class MessageLine(Static):
     """The outcome of the last action: ✔ what happened, or ✖ why it did not."""
 
     message = ""
+
+    def on_mount(self) -> None:
+        self.update(Text("? shows every key and what the panels mean", Style(dim=True)))
 
     def confirm(self, message: str) -> None:
         self.message = message

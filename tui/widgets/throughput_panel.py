@@ -19,11 +19,11 @@ from tui.widgets.timeseries import TimeSeries
 PROMPT, GENERATION = "#c678dd", "#98c379"
 
 
-def rate_line(label: str, value: float, color: str) -> Text:
+def rate_line(label: str, value: float | None, color: str) -> Text:
     text = Text(end="")
     text.append("■ ", Style(color=color))
     text.append(f"{label:<11}")
-    text.append(f"{fmt.rate(value):>9}", Style(bold=True))
+    text.append(f"{fmt.DASH if value is None else fmt.rate(value):>9}", Style(bold=True))
     text.append(" tok/s")
     return text
 
@@ -44,9 +44,9 @@ class ThroughputPanel(Vertical):
     """The panel's numbers as plain text."""
 
     def compose(self) -> ComposeResult:
-        yield Static(rate_line("prompt", 0.0, PROMPT), id="tp-prompt")
+        yield Static(rate_line("prompt", None, PROMPT), id="tp-prompt")
         yield TimeSeries(PROMPT, id="tp-prompt-series")
-        yield Static(rate_line("generation", 0.0, GENERATION), id="tp-gen")
+        yield Static(rate_line("generation", None, GENERATION), id="tp-gen")
         yield TimeSeries(GENERATION, id="tp-gen-series")
         yield Static(fmt.DASH, id="tp-requests")
 
