@@ -28,6 +28,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path):
     ({"APPLIANCE_ADMIN_KEY": "short"}, "at least 16"),
     ({"APPLIANCE_MAX_QUEUED_TOKENS": "0"}, "max_queued_tokens"),
     ({"APPLIANCE_DEVICE": "tpu"}, "device"),
+    ({"APPLIANCE_MODEL": "/nonexistent/model.gguf"}, "does not exist"),
 ])
 def test_bad_settings_name_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):
