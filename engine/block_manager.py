@@ -50,6 +50,7 @@ class BlockManager:
         self.num_used_blocks = 0  # referenced at all (by requests or by a pin)
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
+        self.num_evictions = 0  # cached blocks reused for other contents
 
     # --- counts -------------------------------------------------------------------------------
     @property
@@ -217,6 +218,7 @@ class BlockManager:
         else:
             block_id, _ = self.cached_lru.popitem(last=False)  # evict the least recently used
             self._forget(self.blocks[block_id])
+            self.num_evictions += 1
         self._ref(block_id)
         return block_id
 

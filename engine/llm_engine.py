@@ -196,6 +196,7 @@ class LLMEngine:
             generation_tokens_total=self.num_generation_tokens,
             prefix_query_tokens=bm.num_query_tokens, prefix_hit_tokens=bm.num_hit_tokens,
             num_steps=self.num_steps, requests_finished=dict(self.finished_by_reason),
+            num_evictions=bm.num_evictions,
         )
 
     # --- offline use -------------------------------------------------------------------------

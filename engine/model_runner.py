@@ -41,7 +41,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         if self.device.type == "cpu":
             env_threads = int(os.environ.get("APPLIANCE_NUM_THREADS", "0") or 0)
-            torch.set_num_threads(config.num_threads or env_threads or len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            torch.set_num_threads(config.num_threads or env_threads or cores or 1)
         self.model = self._build_model(ckpt)
         self.backend = get_backend(self.device, config.attention_backend)
         self.block_size = config.block_size

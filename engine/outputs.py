@@ -48,6 +48,7 @@ class EngineStats:
     prefix_hit_tokens: int
     num_steps: int
     requests_finished: dict[str, int] = field(default_factory=dict)
+    num_evictions: int = 0  # cached prefix blocks reclaimed for new contents
 
     @property
     def usage_perc(self) -> float:

@@ -19,6 +19,7 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self.seq_generators.pop(request_id, None)
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) -> list[int]:
         """logits: [num_seqs, vocab] float32 -> one token id per sequence."""
         logits = logits.cpu()

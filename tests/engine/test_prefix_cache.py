@@ -15,8 +15,8 @@ def rag_prompts(engine, n: int) -> list[list[int]]:
 
 
 def test_outputs_equal_with_cache_on_and_off(engine):
-    prompts = rag_prompts(engine, 8)
-    prompts += [p[:-7] for p in prompts[:3]]  # prefixes that end part-way through a block
+    prompts = rag_prompts(engine, 6)
+    prompts += [p[:-7] for p in prompts[:2]]  # prefixes that end part-way through a block
     engine.reconfigure(enable_prefix_caching=False, max_num_batched_tokens=384)
     off = run_staggered(engine, prompts, every=1)
     engine.reconfigure(enable_prefix_caching=True, max_num_batched_tokens=384)
@@ -24,12 +24,12 @@ def test_outputs_equal_with_cache_on_and_off(engine):
     assert on == off
     stats = engine.stats()
     assert stats.prefix_hit_tokens > 0.4 * sum(map(len, prompts))
-    # Again under block pressure: cached blocks get evicted and sequences preempted.
+    # Again under block pressure: cached prefix blocks get evicted and reused for other contents.
     engine.reconfigure(enable_prefix_caching=True, num_blocks=max(map(len, prompts)) // 16 + 6,
                        max_num_batched_tokens=384)
     pressured = run_staggered(engine, prompts, every=1)
     assert pressured == off
-    assert engine.stats().num_preemptions > 0
+    assert engine.stats().num_evictions > 0
 
 
 def test_cached_tokens_reported_per_request(engine):
