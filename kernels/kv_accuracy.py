@@ -82,6 +82,8 @@ def compare_caches(model, token_ids: torch.Tensor) -> list[Report]:
 
 
 def _report(name: str, base: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> Report:
+    """fp64 statistics: KL of nearly equal distributions is a difference of nearly equal numbers."""
+    base, logits = base.double(), logits.double()
     base_logp, logp = base.log_softmax(-1), logits.log_softmax(-1)
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
     agree = (base.argmax(-1) == logits.argmax(-1)).float().mean()

@@ -18,7 +18,7 @@ def test_cache_variants_change_only_what_they_round():
     assert reports["fp32"].mean_kl == 0 and reports["fp32"].top1_agreement == 1
     for name in ("bf16", "int8"):
         assert 0 < reports[name].max_logit_change < 0.5
-        assert 0 <= reports[name].mean_kl < 1e-3
+        assert -1e-12 < reports[name].mean_kl < 1e-3  # fp64 round-off around 0 for near-equal rows
     assert reports["int8"].max_logit_change > reports["bf16"].max_logit_change
     assert model.config._attn_implementation == "sdpa"
     table = kv_accuracy.render(list(reports.values()), 48, "random")
