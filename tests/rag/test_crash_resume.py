@@ -20,7 +20,7 @@ from rag.types import Scope
 from tests.rag.ingest_worker import COLLECTION, TENANT, settings_from_json
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS = json.dumps({"chunk_tokens": 32, "embed_window": 4})
+SETTINGS = json.dumps({"chunk_tokens": 32, "overlap_tokens": 8, "embed_window": 4})
 NUM_FILES = 10
 KILL_AFTER_WINDOWS = 6
 
