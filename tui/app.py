@@ -23,6 +23,7 @@ from tui.poller import PollResult, poll_once
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
+from tui.stats import CollectionRow
 from tui.widgets.admission_panel import AdmissionPanel
 from tui.widgets.collections_table import CollectionsTable
 from tui.widgets.kv_panel import KvPanel
@@ -61,6 +62,7 @@ class DashboardApp(App[None]):
         self.last_poll: PollResult | None = None
         self.last_error: str | None = None
         self.uploads: dict[str, str] = {}
+        self._collections: list[CollectionRow] = []  # the last collection rows the server gave
         self._polling = False
         self.num_polls = 0  # attempts, answered or not: the retrying is visible to tests and operators
 
@@ -99,10 +101,10 @@ class DashboardApp(App[None]):
         try:
             result = await poll_once(self.client)
         except ApiError as exc:
-            self.show_disconnected(exc.message)
+            self.show_disconnected(exc.message, exc.label)
             return False
         except ValueError as exc:
-            self.show_disconnected(f"cannot read the appliance's stats: {exc}")
+            self.show_disconnected(f"cannot read the appliance's stats: {exc}", "bad stats")
             return False
         finally:
             self._polling = False
@@ -112,21 +114,29 @@ class DashboardApp(App[None]):
     def show_result(self, result: PollResult) -> None:
         stats = result.stats
         self.last_poll, self.last_error = result, None
-        self.latency.add(result.finished_at, result.histograms)
         self.query_one(ConnectionBanner).clear_error()
         self.query_one("#panels").remove_class("-stale")
         self.query_one(StatusBar).show(stats)
         self.query_one(KvPanel).show(stats.kv, stats.prefix)
         self.query_one(ThroughputPanel).show(stats.throughput, stats.requests)
-        self.query_one(LatencyPanel).show(self.latency.quantiles(TTFT), self.latency.quantiles(TPOT))
         self.query_one(AdmissionPanel).show(stats.admission, stats.requests)
-        self.query_one(TenantsTable).show(result.tenants)
-        self.query_one(CollectionsTable).show(result.collections, self.uploads)
+        if result.histograms is not None:
+            self.latency.add(result.finished_at, result.histograms)
+            self.query_one(LatencyPanel).show(self.latency.quantiles(TTFT), self.latency.quantiles(TPOT))
+        if result.tenants is not None:
+            self.query_one(TenantsTable).show(result.tenants)
+        if result.collections is not None:
+            self._collections = result.collections
+            self.query_one(CollectionsTable).show(result.collections, self.uploads)
+        for part, widget in (("latency", LatencyPanel), ("tenants", TenantsTable),
+                             ("collections", CollectionsTable)):
+            problem = result.problems.get(part)
+            self.query_one(widget).border_subtitle = f"not updated: {problem}" if problem else ""
 
-    def show_disconnected(self, message: str) -> None:
+    def show_disconnected(self, message: str, label: str) -> None:
         self.last_error = message
         self.query_one(ConnectionBanner).show_error(message, self.poll_interval_s)
-        self.query_one(StatusBar).show_offline()
+        self.query_one(StatusBar).show_problem(label)
         self.query_one("#panels").add_class("-stale")
 
     # --- actions ---------------------------------------------------------------------------------
@@ -199,8 +209,7 @@ class DashboardApp(App[None]):
             self.uploads.pop(collection, None)
         else:
             self.uploads[collection] = progress
-        rows = self.last_poll.collections if self.last_poll else []
-        self.query_one(CollectionsTable).show(rows, self.uploads)
+        self.query_one(CollectionsTable).show(self._collections, self.uploads)
 
     def action_flush(self) -> None:
         self.flush()

@@ -13,8 +13,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-POLL_TIMEOUT_S = 5.0
+POLL_TIMEOUT_S = 10.0  # a CPU server under load answers between engine steps
 UPLOAD_TIMEOUT_S = 600.0
+UNREACHABLE, TIMEOUT = "unreachable", "timeout"  # ApiError codes when no HTTP answer came
 
 
 class ApiError(Exception):
@@ -33,6 +34,15 @@ class ApiError(Exception):
     @property
     def is_auth_error(self) -> bool:
         return self.status in (401, 403)
+
+    @property
+    def label(self) -> str:
+        """One or two words for the top line: what state the dashboard is in."""
+        if self.code == TIMEOUT:
+            return "no answer"
+        if self.is_connection_error:
+            return "unreachable"
+        return "key rejected" if self.is_auth_error else f"error {self.status}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,11 +141,14 @@ class ApplianceClient:
             async with self._session.request(method, self.base_url + path, **kwargs) as response:
                 return response.status, await response.text()
         except aiohttp.ClientConnectorError as exc:
-            raise ApiError(f"cannot connect to {self.base_url} ({_reason(exc)})") from None
+            raise ApiError(f"cannot connect to {self.base_url} ({_reason(exc)})", code=UNREACHABLE) from None
         except asyncio.TimeoutError:
-            raise ApiError(f"{self.base_url} did not answer {method} {path} in time") from None
+            timeout = self._timeout.total if "timeout" not in kwargs else kwargs["timeout"].total
+            raise ApiError(f"{self.base_url} did not answer {method} {path} within {timeout:g} s",
+                           code=TIMEOUT) from None
         except aiohttp.ClientError as exc:
-            raise ApiError(f"lost the connection to {self.base_url} ({type(exc).__name__})") from None
+            raise ApiError(f"lost the connection to {self.base_url} ({type(exc).__name__})",
+                           code=UNREACHABLE) from None
 
 
 def _documents_path(collection: str) -> str:

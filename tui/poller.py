@@ -19,22 +19,45 @@ MAX_COLLECTIONS_WITH_STATUS = 50  # beyond this, a poll would cost too many requ
 
 @dataclass(slots=True)
 class PollResult:
+    """One poll. A part other than the stats that failed is None, with the reason in `problems`:
+    its panel keeps its previous rows and says why they are not fresh."""
+
     stats: StatsSnapshot
-    tenants: list[TenantRow]
-    collections: list[CollectionRow]
-    histograms: dict[str, Histogram] = field(default_factory=dict)
+    tenants: list[TenantRow] | None
+    collections: list[CollectionRow] | None
+    histograms: dict[str, Histogram] | None
+    problems: dict[str, str] = field(default_factory=dict)  # part -> why it is not updated
     started_at: float = 0.0  # time.monotonic() when the poll began and when its answers were in
     finished_at: float = 0.0
 
 
 async def poll_once(client: ApplianceClient) -> PollResult:
-    """Raises ApiError when the appliance cannot be read, ValueError when its stats make no sense."""
+    """Raises ApiError when /admin/stats cannot be read, ValueError when it makes no sense."""
     started = time.monotonic()
     stats_doc, tenants, collections, metrics = await asyncio.gather(
-        client.stats(), client.tenants(), _collections(client), _metrics(client))
-    stats = parse_stats(stats_doc)
-    return PollResult(stats, tenant_rows(stats.usage, tenants), collections, parse_histograms(metrics),
+        client.stats(), client.tenants(), _collections(client), client.metrics(), return_exceptions=True)
+    stats = parse_stats(_value(stats_doc))
+    problems: dict[str, str] = {}
+    tenants = _optional("tenants", tenants, problems)
+    metrics = _optional("latency", metrics, problems)
+    return PollResult(stats, None if tenants is None else tenant_rows(stats.usage, tenants),
+                      _optional("collections", collections, problems),
+                      None if metrics is None else parse_histograms(metrics), problems,
                       started, time.monotonic())
+
+
+def _value(result: object) -> object:
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _optional(part: str, result: object, problems: dict[str, str]) -> object:
+    """The result of a secondary read, or None with the reason noted (an unexpected error raises)."""
+    if isinstance(result, (ApiError, ValueError, KeyError, TypeError)):
+        problems[part] = result.message if isinstance(result, ApiError) else f"unreadable answer: {result}"
+        return None
+    return _value(result)
 
 
 async def _collections(client: ApplianceClient) -> list[CollectionRow]:
@@ -44,12 +67,3 @@ async def _collections(client: ApplianceClient) -> list[CollectionRow]:
     rows = [collection_row(info, docs) for info, docs in zip(shown, documents, strict=True)]
     return rows + [collection_row(info, []) for info in infos[len(shown):]]
 
-
-async def _metrics(client: ApplianceClient) -> str:
-    """/metrics answers 503 while the model loads; the latency panel then simply has nothing yet."""
-    try:
-        return await client.metrics()
-    except ApiError as exc:
-        if exc.status is not None and exc.status >= 500:
-            return ""
-        raise

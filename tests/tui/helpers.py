@@ -16,6 +16,8 @@ from tests.server.helpers import ADMIN_KEY, ServerProcess
 from tui.app import DashboardApp
 from tui.widgets.status_bar import ConnectionBanner, MessageLine
 
+MAX_TYPED = 16
+
 
 def dashboard(server: ServerProcess, key: str = ADMIN_KEY, interval_s: float = 0.5) -> DashboardApp:
     return DashboardApp(server.url, key, poll_interval_s=interval_s)
@@ -44,12 +46,14 @@ async def connected(pilot: Pilot) -> None:
 
 
 async def type_into(pilot: Pilot, selector: str, text: str) -> None:
-    """Focus an input of the current screen, clear it, and type `text` key by key."""
+    """Focus an input of the current screen and enter `text`: short text key by key; a long one
+    (a path) is pasted, as a key press per character costs a screen update on a busy CPU."""
     field = pilot.app.screen.query_one(selector, Input)
     field.focus()
-    field.value = ""
+    field.value = "" if len(text) <= MAX_TYPED else text
     await pilot.pause()
-    await pilot.press(*text)
+    if len(text) <= MAX_TYPED:
+        await pilot.press(*text)
 
 
 def http(server: ServerProcess, method: str, path: str, body: dict | None = None,

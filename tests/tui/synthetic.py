@@ -97,6 +97,7 @@ class SyntheticAppliance:
         self.port = PORT
         self.num_stats = 0
         self.num_metrics = 0
+        self.failing: set[str] = set()  # paths answered with a 500, to show a partial outage
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -107,6 +108,7 @@ class SyntheticAppliance:
 
     def reset(self) -> None:
         self.num_stats = self.num_metrics = 0
+        self.failing = set()
 
     def start(self) -> SyntheticAppliance:
         self._thread.start()
@@ -132,6 +134,9 @@ class SyntheticAppliance:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
+        if request.path in self.failing:
+            error = {"message": "internal error", "type": "server_error", "param": None, "code": None}
+            return web.json_response({"error": error}, status=500)
         if request.path != "/metrics" and request.headers.get("Authorization") != f"Bearer {KEY}":
             error = {"message": "invalid API key", "type": "authentication_error", "param": None,
                      "code": "invalid_api_key"}

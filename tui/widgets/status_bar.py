@@ -28,10 +28,10 @@ class StatusBar(Static):
                                   " · ", self.url))
 
 
-    def show_offline(self) -> None:
+    def show_problem(self, label: str) -> None:
         """The last numbers stay on the panels (dimmed); the top line no longer vouches for them."""
         red = Style(color=OFFLINE, bold=True)
-        self.update(Text.assemble(("● ", red), ("offline", red), " · ", self.url))
+        self.update(Text.assemble(("● ", red), (label, red), " · ", self.url))
 
 
 class ConnectionBanner(Static):
