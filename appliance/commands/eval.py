@@ -39,7 +39,12 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
     """Overrides of RagSettings, for tuning experiments (defaults: the shipped settings)."""
     p.add_argument("--chunk-tokens", type=int)
     p.add_argument("--overlap-tokens", type=int)
-    p.add_argument("--no-headings", action="store_true", help="embed chunks without their heading path")
+    p.add_argument(
+        "--headings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prefix each chunk's embedding input with its title/heading path",
+    )
     p.add_argument("--rrf-k", type=int)
     p.add_argument("--candidates", type=int, help="candidates per list before fusion")
     p.add_argument("--dense-weight", type=float)
@@ -57,8 +62,8 @@ def settings_from_args(args: argparse.Namespace):
         "bm25_avg_len": args.bm25_avg_len,
     }
     settings = replace(settings, **{k: v for k, v in fields.items() if v is not None})
-    if args.no_headings:
-        settings = replace(settings, embed_headings=False)
+    if args.headings is not None:
+        settings = replace(settings, embed_headings=args.headings)
     hybrid = {
         "rrf_k": args.rrf_k,
         "candidates": args.candidates,
