@@ -16,6 +16,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
 from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
 
 from tui.client import ApiError, ApplianceClient
 from tui.latency import TPOT, TTFT, LatencyWindow
@@ -138,6 +139,13 @@ class DashboardApp(App[None]):
         self.query_one(ConnectionBanner).show_error(message, self.poll_interval_s)
         self.query_one(StatusBar).show_problem(label)
         self.query_one("#panels").add_class("-stale")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that died of an unexpected error reports it instead of vanishing silently."""
+        if event.state == WorkerState.ERROR:
+            self._polling = False
+            error = event.worker.error
+            self.report_error(f"{event.worker.group} failed unexpectedly: {type(error).__name__}: {error}")
 
     # --- actions ---------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

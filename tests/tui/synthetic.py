@@ -128,6 +128,7 @@ class SyntheticAppliance:
         app.router.add_get("/admin/tenants", self._tenants)
         app.router.add_get("/v1/collections", self._collections)
         app.router.add_get("/v1/collections/{name}/documents", self._documents)
+        app.router.add_post("/admin/cache/flush", self._flush)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -150,6 +151,10 @@ class SyntheticAppliance:
     async def _metrics(self, request: web.Request) -> web.Response:
         self.num_metrics += 1
         return web.Response(text=metrics_text(self.num_metrics), content_type="text/plain")
+
+    async def _flush(self, request: web.Request) -> web.Response:
+        """A server that answers in a shape the dashboard does not expect (a count that is text)."""
+        return web.json_response({"flushed_blocks": "many"})
 
     async def _tenants(self, request: web.Request) -> web.Response:
         rows = [{**t, "created_at": "2026-01-01T00:00:00+00:00"} for t in TENANTS]

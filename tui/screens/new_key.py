@@ -17,6 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
+from textual.worker import Worker, WorkerState
 
 from tui.client import ApiError, ApplianceClient
 from tui.forms import name_error
@@ -91,6 +92,11 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
                 return False
             raise
         return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.show_error(f"failed unexpectedly: {type(event.worker.error).__name__}: {event.worker.error}")
+            self.query_one("#submit", Button).disabled = False
 
     def show_error(self, message: str | None) -> None:
         error = self.query_one("#tenant-error", Static)

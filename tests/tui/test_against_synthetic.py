@@ -1,4 +1,5 @@
-"""`python -m tui.capture` (the README's picture), and polls that only partly succeed."""
+"""Against the synthetic server: `python -m tui.capture` (the README's picture), polls that only
+partly succeed, and an answer of a shape the dashboard does not expect."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.tui.synthetic import KEY
 from tui.app import DashboardApp
 from tui.capture import main
 from tui.widgets.latency_panel import LatencyPanel
-from tui.widgets.status_bar import ConnectionBanner
+from tui.widgets.status_bar import ConnectionBanner, MessageLine
 from tui.widgets.tenants_table import TenantsTable
 
 
@@ -47,3 +48,16 @@ async def test_a_failing_secondary_read_only_marks_its_panel(synthetic):
         synthetic.failing = set()
         assert await app.refresh_now()
         assert app.query_one(LatencyPanel).border_subtitle == ""
+
+
+async def test_an_unexpected_answer_is_reported_not_a_crash(synthetic):
+    synthetic.reset()
+    app = DashboardApp(synthetic.url, KEY, autopoll=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await app.refresh_now()
+        await pilot.press("f")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        line = app.query_one(MessageLine).message
+        assert line.startswith("flush failed unexpectedly: ValueError"), line
+        assert app.is_running
