@@ -56,6 +56,30 @@ class Tokenizer:
         text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.hf.encode(text, add_special_tokens=False))
 
+    def encode_chat_prefix(self, messages: list[dict]) -> list[int]:
+        """Token ids of messages rendered as the start of a chat (no assistant turn opened)."""
+        text = self.hf.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def system_prefix_len(self, messages: list[dict], prompt_ids: list[int]) -> int:
+        """How many leading tokens of prompt_ids are the leading system message(s) of messages.
+
+        Used to mark a shared system prompt public in the prefix cache: only those tokens, and only
+        where the rendered prefix really is a token prefix of the prompt.
+        """
+        systems = []
+        for m in messages:
+            if m.get("role") != "system":
+                break
+            systems.append(m)
+        if not systems or not self.has_chat_template:
+            return 0
+        prefix = self.encode_chat_prefix(systems)
+        n = 0
+        while n < min(len(prefix), len(prompt_ids)) and prefix[n] == prompt_ids[n]:
+            n += 1
+        return n
+
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 

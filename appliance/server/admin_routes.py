@@ -9,8 +9,9 @@ from aiohttp import web
 
 from appliance.server.errors import ApiError, not_found
 from appliance.server.params import read_json
-from appliance.server.state import AppState, state_of
+from appliance.server.state import AppState, principal_of, state_of
 from appliance.server.store import ROLES, StoreError
+from engine import InvalidRequestError
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -104,6 +105,48 @@ async def flush_cache(request: web.Request) -> web.Response:
     engine = state_of(request).need_engine()
     flushed = await asyncio.to_thread(engine.flush_prefix_cache)
     return web.json_response({"flushed_blocks": flushed})
+
+
+async def pin_prefix(request: web.Request) -> web.Response:
+    """Compute a prefix once and keep its KV blocks cached for good (never evicted or flushed).
+
+    Body: {"messages": [...system messages...]} or {"prompt": "text"}; optional "tenant" (whose cache
+    namespace; default: the admin's own) and "public" (shared by every tenant; default false).
+    """
+    from appliance.server.openai_params import parse_messages
+
+    state = state_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    engine = state.need_engine()
+    public = body.boolean("public", False)
+    tenant = body.string("tenant", principal_of(request).tenant, max_len=64)
+    if body.has("messages"):
+        messages = parse_messages(body)
+        ids = await asyncio.to_thread(engine.tokenizer.encode_chat_prefix, messages)
+    else:
+        ids = await asyncio.to_thread(engine.tokenizer.encode, body.string("prompt", max_len=1 << 20))
+    if len(ids) < engine.engine.config.block_size + 1:
+        raise ApiError(400, f"a pinned prefix needs more than {engine.engine.config.block_size} tokens",
+                       "prompt", "invalid_value")
+    try:
+        engine.validate("pin", ids, _pin_params())
+    except InvalidRequestError as exc:
+        raise ApiError(400, str(exc), "prompt", exc.code or "invalid_value") from None
+    tokens = await engine.pin_prefix(f"pin-{time.monotonic_ns()}", ids, salt="" if public else tenant,
+                                     public=public)
+    return web.json_response({"pinned_tokens": tokens, "tenant": None if public else tenant,
+                              "public": public})
+
+
+def _pin_params():
+    from engine import SamplingParams
+
+    return SamplingParams(max_tokens=1, temperature=0.0)
+
+
+async def unpin_all(request: web.Request) -> web.Response:
+    engine = state_of(request).need_engine()
+    return web.json_response({"unpinned_blocks": await asyncio.to_thread(engine.unpin_all)})
 
 
 async def pause(request: web.Request) -> web.Response:

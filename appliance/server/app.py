@@ -75,6 +75,8 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/keys", admin_routes.create_key)
     r.add_delete("/admin/keys/{key_id}", admin_routes.revoke_key)
     r.add_post("/admin/cache/flush", admin_routes.flush_cache)
+    r.add_post("/admin/cache/pin", admin_routes.pin_prefix)
+    r.add_post("/admin/cache/unpin", admin_routes.unpin_all)
     r.add_post("/admin/admission/pause", admin_routes.pause)
     r.add_post("/admin/admission/resume", admin_routes.resume)
     r.add_get("/admin/audit", admin_routes.audit)

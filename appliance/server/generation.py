@@ -26,6 +26,7 @@ class Job:
     params: SamplingParams
     salt: str
     prompt_param: str = "messages"  # the field named in context-length errors
+    public_prefix_len: int = 0  # leading tokens shared across tenants in the prefix cache
 
 
 def validate_job(state: AppState, job: Job) -> None:
@@ -58,7 +59,8 @@ async def run_job(state: AppState, ctx: RequestContext, job: Job, ticket: Ticket
     tracker = _Tracker(time.monotonic())
     ctx.counts_usage = True
     try:
-        stream = engine.generate(job.request_id, job.prompt_ids, job.params, salt=job.salt)
+        stream = engine.generate(job.request_id, job.prompt_ids, job.params, salt=job.salt,
+                                 public_prefix_len=job.public_prefix_len)
         async with aclosing(stream) as outputs:
             async for out in outputs:
                 tracker.update(state, ctx, ticket, out)

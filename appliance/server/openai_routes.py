@@ -100,6 +100,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         ctx.prompt = json.dumps(messages, ensure_ascii=False)
     job = Job(f"chatcmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
               principal_of(request).tenant, "messages")
+    if body.boolean("public_prefix", False):  # share the system prompt's KV across tenants
+        job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len, messages,
+                                                        prompt_ids)
     shape = Shape(job.request_id, model, True, int(time.time()))
     return await _complete(request, state, ctx, job, shape, options)
 

@@ -90,6 +90,9 @@ async def query(request: web.Request) -> web.StreamResponse:
         ctx.prompt = question
     job = Job(f"rag-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)), tenant,
               "query")
+    if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
+        job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
+                                                        prompt.messages(), prompt_ids)
     validate_job(state, job)
     head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
     with admitted(state, job) as ticket:
