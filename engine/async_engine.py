@@ -41,6 +41,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
+        self._snapshot: EngineStats = engine.stats()  # refreshed by the loop, read without the lock
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None) -> AsyncEngine:
@@ -103,16 +104,26 @@ class AsyncEngine:
 
     # --- state -------------------------------------------------------------------------------
     def stats(self) -> EngineStats:
-        with self.lock:
-            return self.engine.stats()
+        """The snapshot taken after the latest step or command: never waits for a running step."""
+        if not self.is_running:
+            self._refresh()
+        return self._snapshot
 
     def flush_prefix_cache(self) -> int:
         with self.lock:
-            return self.engine.flush_prefix_cache()
+            num = self.engine.flush_prefix_cache()
+            self._snapshot = self.engine.stats()
+        return num
 
     def unpin_all(self) -> int:
         with self.lock:
-            return self.engine.unpin_all()
+            num = self.engine.unpin_all()
+            self._snapshot = self.engine.stats()
+        return num
+
+    def _refresh(self) -> None:
+        with self.lock:
+            self._snapshot = self.engine.stats()
 
     async def pin_prefix(self, request_id: str, prompt: str | list[int], salt: str = "",
                          public: bool = False) -> int:
@@ -131,12 +142,14 @@ class AsyncEngine:
         while not self._stop.is_set():
             self._drain_commands()
             if not self.engine.has_unfinished():
+                self._refresh()
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
             try:
                 with self.lock:
                     outputs = self.engine.step()
+                    self._snapshot = self.engine.stats()
             except Exception as exc:  # keep serving: fail the live requests, not the process
                 log.exception("engine step failed")
                 self._fail_all(EngineDeadError(f"engine step failed: {exc}"))

@@ -48,6 +48,7 @@ class BlockManager:
         self.hash_to_block: dict[bytes, int] = {}
         self.pinned_ids: set[int] = set()  # pinned blocks hold one reference of their own
         self.num_used_blocks = 0  # referenced at all (by requests or by a pin)
+        self.num_shared = 0  # referenced by more than one live request (pins not counted)
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
         self.num_evictions = 0  # cached blocks reused for other contents
@@ -72,7 +73,7 @@ class BlockManager:
 
     def num_shared_blocks(self) -> int:
         """Blocks referenced by more than one live request."""
-        return sum(1 for b in self.blocks if b.ref_count - b.pinned > 1)
+        return self.num_shared
 
     def num_pinned_blocks(self) -> int:
         return len(self.pinned_ids)
@@ -198,16 +199,16 @@ class BlockManager:
         for block_id in seq.block_table[: seq.num_computed_tokens // self.block_size]:
             block = self.blocks[block_id]
             if block.block_hash is not None and not block.pinned:
+                self._ref(block_id, pin=True)
                 block.pinned = True
                 self.pinned_ids.add(block_id)
-                self._ref(block_id)
                 num += 1
         return num
 
     def unpin_all(self) -> int:
         for block_id in self.pinned_ids:
+            self._unref(block_id, pin=True)
             self.blocks[block_id].pinned = False
-            self._unref(block_id)
         num, self.pinned_ids = len(self.pinned_ids), set()
         return num
 
@@ -222,16 +223,22 @@ class BlockManager:
         self._ref(block_id)
         return block_id
 
-    def _ref(self, block_id: int) -> None:
+    def _ref(self, block_id: int, pin: bool = False) -> None:
+        """Add one reference; `pin` marks the pin's own reference (not a live request's)."""
         block = self.blocks[block_id]
         if block.ref_count == 0:
             self.cached_lru.pop(block_id, None)
             self.num_used_blocks += 1
+        if not pin and block.ref_count - block.pinned == 1:
+            self.num_shared += 1
         block.ref_count += 1
 
-    def _unref(self, block_id: int) -> None:
+    def _unref(self, block_id: int, pin: bool = False) -> None:
+        """Drop one reference; `pin` marks the pin's own reference (not a live request's)."""
         block = self.blocks[block_id]
         assert block.ref_count > 0, f"block {block_id} freed twice"
+        if not pin and block.ref_count - block.pinned == 2:
+            self.num_shared -= 1
         block.ref_count -= 1
         if block.ref_count == 0:
             self.num_used_blocks -= 1
@@ -249,6 +256,7 @@ class BlockManager:
         """Every block is exactly one of used / cached / free; counts agree (used by tests)."""
         used = sum(1 for b in self.blocks if b.ref_count > 0)
         assert used == self.num_used_blocks
+        assert self.num_shared == sum(1 for b in self.blocks if b.ref_count - b.pinned > 1)
         assert used + len(self.cached_lru) + len(self.free_ids) == self.num_blocks
         assert all(self.blocks[b].ref_count == 0 and self.blocks[b].block_hash for b in self.cached_lru)
         assert all(self.blocks[b].ref_count == 0 and not self.blocks[b].block_hash for b in self.free_ids)
