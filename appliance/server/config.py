@@ -12,11 +12,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 ENV_PREFIX = "APPLIANCE_"
 
 
@@ -97,6 +92,11 @@ def _field_types() -> dict[str, str]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomllib arrived in 3.11
+        raise ConfigError("config files need Python >= 3.11 (tomllib); use flags or APPLIANCE_* "
+                          "environment variables") from None
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
