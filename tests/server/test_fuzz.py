@@ -8,6 +8,7 @@ collection that exists, and max_tokens capped small so generation stays cheap on
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 import schemathesis
@@ -33,7 +34,9 @@ def _cases() -> list:
     return cases
 
 
-EXAMPLES = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 20}
+# FUZZ_SCALE=10 runs ten times as many examples (a deeper local run; CI keeps the default).
+SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
+EXAMPLES = {GenerationMode.POSITIVE: 10 * SCALE, GenerationMode.NEGATIVE: 20 * SCALE}
 FUZZ_COLLECTION = "fz"
 
 
