@@ -8,7 +8,9 @@ torch probing for it), nothing in this process can run a kernel on CPU: the test
 that were selected then run once in a fresh `python -m pytest` subprocess with the flag, and each test
 here reports its outcome there (`pytest_pyfunc_call` below).
 
-With TRITON_INTERPRET=0 and a CUDA device, the same tests run on the GPU.
+With TRITON_INTERPRET=0 and a CUDA device, the same tests run on the GPU. The interpreter runs need
+triton 3.9 (the dev extras' pin): triton 3.6's interpreter fails on loops bounded by loaded values
+under numpy 2 ("only 0-dimensional arrays can be converted"), which says nothing about the GPU path.
 """
 
 from __future__ import annotations
