@@ -26,7 +26,7 @@ TENANT = "demo"
 COLLECTION = "demo"
 DOC_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
 QUESTIONS = {  # a question each document set can answer
-    "squad": "In what country is Normandy located?",
+    "squad": "Who founded the Yuan dynasty?",
     "samples": "Who runs the Brindle Street Bakery today?",
 }
 CHAT_QUESTION = "In one sentence: what is a lighthouse for?"
