@@ -50,6 +50,9 @@ class TorchBackend:
     store_kv = staticmethod(reference.store_kv)
     decode = staticmethod(reference.paged_decode_attention)
     prefill = staticmethod(reference.paged_prefill_attention)
+    store_kv_int8 = staticmethod(reference.store_kv_int8)
+    decode_int8 = staticmethod(reference.paged_decode_attention_int8)
+    prefill_int8 = staticmethod(reference.paged_prefill_attention_int8)
 
 
 def get_backend(device: torch.device, name: str = "auto") -> AttentionBackend:
@@ -61,16 +64,22 @@ def get_backend(device: torch.device, name: str = "auto") -> AttentionBackend:
 
 
 def paged_attention(backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-                    scale: float) -> torch.Tensor:
-    """Store this step's K/V, then attend. q: [T, H, D]; k, v: [T, KVH, D] -> [T, H, D]."""
-    backend.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+                    kv: tuple[torch.Tensor, ...], meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Store this step's K/V, then attend. q: [T, H, D]; k, v: [T, KVH, D] -> [T, H, D].
+
+    kv is (k_cache, v_cache), or (k_cache, v_cache, k_scales, v_scales) for an int8 cache.
+    """
+    int8 = len(kv) == 4
+    store = backend.store_kv_int8 if int8 else backend.store_kv
+    decode = backend.decode_int8 if int8 else backend.decode
+    prefill = backend.prefill_int8 if int8 else backend.prefill
+    store(k, v, *kv, meta.slot_mapping)
     n = meta.num_decode_tokens
     if meta.num_prefills == 0:
-        return backend.decode(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale)
-    tail = backend.prefill(q[n:], k_cache, v_cache, meta.prefill_block_tables,
-                           meta.prefill_query_start_loc, meta.prefill_seq_lens, scale)
+        return decode(q, *kv, meta.decode_block_tables, meta.decode_seq_lens, scale)
+    tail = prefill(q[n:], *kv, meta.prefill_block_tables, meta.prefill_query_start_loc,
+                   meta.prefill_seq_lens, scale)
     if n == 0:
         return tail
-    head = backend.decode(q[:n], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale)
+    head = decode(q[:n], *kv, meta.decode_block_tables, meta.decode_seq_lens, scale)
     return torch.cat([head, tail], dim=0)

@@ -47,6 +47,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"  # auto (Triton on CUDA, torch elsewhere) | torch | triton
     enable_cuda_graphs: bool = True  # capture decode steps on CUDA
+    kv_cache_dtype: str = "auto"  # auto (the model dtype) | int8 (per token-and-head scales, ~1.9x blocks)
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
 
@@ -62,5 +63,7 @@ class EngineConfig:
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton, "
                              f"got {self.attention_backend!r}")
+        if self.kv_cache_dtype not in ("auto", "int8"):
+            raise ValueError(f"kv_cache_dtype must be auto or int8, got {self.kv_cache_dtype!r}")
         if not (self.kv_cache_gib > 0 and math.isfinite(self.kv_cache_gib)):
             raise ValueError("kv_cache_gib must be a positive number")

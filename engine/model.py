@@ -80,14 +80,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
         self.scale = c.head_dim ** -0.5
 
-    def forward(self, x, positions, rotary: Rotary, kv: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x, positions, rotary: Rotary, kv: tuple[torch.Tensor, ...],
                 meta: AttentionMetadata, backend: AttentionBackend) -> torch.Tensor:
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
         q, k = rotary(positions, q, k)
-        o = paged_attention(backend, q, k, v, kv[0], kv[1], meta, self.scale)
+        o = paged_attention(backend, q, k, v, kv, meta, self.scale)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -138,8 +138,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                backend: AttentionBackend) -> torch.Tensor:
+                kv_caches: list[tuple[torch.Tensor, ...]], backend: AttentionBackend) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
             x = layer(x, positions, self.rotary, kv, meta, backend)

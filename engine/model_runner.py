@@ -92,10 +92,14 @@ class ModelRunner:
         return model.eval()
 
     @property
+    def kv_int8(self) -> bool:
+        return self.config.kv_cache_dtype == "int8"
+
+    @property
     def bytes_per_block(self) -> int:
         c = self.model_config
-        elem = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * elem
+        per_head = c.head_dim + 4 if self.kv_int8 else c.head_dim * self.dtype.itemsize  # int8 + fp32 scale
+        return 2 * c.num_layers * self.block_size * c.num_kv_heads * per_head
 
     def _blocks_from_budget(self) -> int:
         if self.device.type == "cuda":
@@ -121,11 +125,17 @@ class ModelRunner:
             raise ValueError("not enough GPU memory for the KV cache; lower max_num_batched_tokens")
         return int(free_for_kv // self.bytes_per_block)
 
-    def _allocate_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _allocate_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, ...]]:
         c = self.model_config
         shape = (num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+        dev = self.device
+        if self.kv_int8:
+            return [(torch.zeros(shape, dtype=torch.int8, device=dev),
+                     torch.zeros(shape, dtype=torch.int8, device=dev),
+                     torch.ones(shape[:3], dtype=torch.float32, device=dev),
+                     torch.ones(shape[:3], dtype=torch.float32, device=dev)) for _ in range(c.num_layers)]
+        return [(torch.zeros(shape, dtype=self.dtype, device=dev),
+                 torch.zeros(shape, dtype=self.dtype, device=dev)) for _ in range(c.num_layers)]
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:

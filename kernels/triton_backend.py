@@ -32,3 +32,6 @@ class TritonBackend:
     store_kv = staticmethod(store_kv)
     decode = staticmethod(paged_decode_attention)
     prefill = staticmethod(paged_prefill_attention)
+    store_kv_int8 = staticmethod(store_kv_int8)
+    decode_int8 = staticmethod(paged_decode_attention_int8)
+    prefill_int8 = staticmethod(paged_prefill_attention_int8)

@@ -116,7 +116,7 @@ def _hf_batch(model, batch: list[list[int]], new_tokens: int, pad: int, device: 
 def _report(rows, num_prompt: int, num_generated: int) -> None:
     peer = rows[-1][1]
     print(f"\n{'system':40} {'seconds':>8} {'prefill tok':>12} {'gen tok/s':>10} {'total tok/s':>12} "
-          f"{'vs HF':>7}")
+          f"{'vs last':>7}")
     for name, seconds, prefill in rows:
         print(f"{name:40} {seconds:8.2f} {prefill:12d} {num_generated / seconds:10.1f} "
               f"{(num_prompt + num_generated) / seconds:12.1f} {peer / seconds:6.2f}x")
