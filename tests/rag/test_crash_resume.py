@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rag.ids import make_doc_id, make_point_id
@@ -77,7 +78,8 @@ def _assert_exact(service, corpus: Path) -> None:
 
 def test_kill_during_ingest_then_rerun_leaves_exactly_the_expected_points(open_service, tmp_path):
     corpus, data_dir = tmp_path / "corpus", tmp_path / "data"
-    settings = settings_from_json(SETTINGS)
+    # Same stored layout as the worker; bigger embedding windows (not part of it) keep the re-runs quick.
+    settings = replace(settings_from_json(SETTINGS), embed_window=64)
     _write_corpus(corpus, version=1)
 
     # 1. First ingest killed half-way; the re-run completes it.
