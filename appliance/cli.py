@@ -56,3 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    main()

@@ -46,9 +46,11 @@ class SamplingParams:
         need(self.min_tokens <= self.max_tokens, "min_tokens", "must not exceed max_tokens")
         need(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0,
              "temperature", "must be a number in [0, 100]")
-        need(_is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an integer >= 0 (0 disables it)")
+        need(_is_int(self.top_k) and 0 <= self.top_k <= 1 << 31, "top_k",
+             "must be an integer in [0, 2^31] (0 disables it)")
         need(_is_num(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be a number in (0, 1]")
-        need(self.seed is None or _is_int(self.seed), "seed", "must be an integer")
+        need(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 1 << 63), "seed",
+             "must be an integer in [0, 2^63)")
         need(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
         need(len(self.stop) <= 16, "stop", "may hold at most 16 strings")
         need(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",

@@ -6,8 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from appliance.bench.workload import rag_requests
 
 
@@ -24,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from engine import EngineConfig, LLMEngine, SamplingParams
 
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
@@ -73,6 +73,8 @@ def _time_hf(engine, prompts, args) -> tuple[float, int]:
 
 
 def _load_hf(model_arg, dtype, device, auto_cls):
+    import torch
+
     from engine.loader import bundled_model_path
 
     if model_arg and model_arg.startswith("random:"):
@@ -86,6 +88,7 @@ def _load_hf(model_arg, dtype, device, auto_cls):
 
 def _random_hf(name: str, dtype: str, device: str):
     """The same random Llama shape in HF transformers (weights differ; throughput does not care)."""
+    import torch
     import transformers
 
     from engine.loader import RANDOM_SHAPES
@@ -104,13 +107,15 @@ def _random_hf(name: str, dtype: str, device: str):
         torch.set_default_dtype(default)
 
 
-@torch.inference_mode()
-def _hf_batch(model, batch: list[list[int]], new_tokens: int, pad: int, device: str) -> torch.Tensor:
+def _hf_batch(model, batch: list[list[int]], new_tokens: int, pad: int, device: str):
+    import torch
+
     width = max(map(len, batch))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)  # left padding
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-    return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                          do_sample=False, pad_token_id=pad)
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
 
 
 def _report(rows, num_prompt: int, num_generated: int) -> None:

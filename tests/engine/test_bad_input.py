@@ -19,7 +19,7 @@ from tests.engine.conftest import greedy
     {"max_tokens": 0}, {"max_tokens": -3}, {"max_tokens": 1.5}, {"temperature": -0.1},
     {"temperature": math.nan}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1}, {"min_tokens": -1},
     {"min_tokens": 9, "max_tokens": 4}, {"seed": "x"}, {"stop": [""]}, {"stop_token_ids": [-1]},
-    {"max_tokens": True},
+    {"max_tokens": True}, {"seed": 2**64}, {"seed": -1}, {"top_k": 2**40},
 ])
 def test_invalid_sampling_values(kw):
     with pytest.raises(InvalidRequestError) as err:
