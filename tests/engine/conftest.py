@@ -64,7 +64,7 @@ def build_prompts(tok) -> list[list[int]]:
     doc = _doc_text("Packet_switching.txt", 5000)
     question = doc + "\n\nWhat is packet switching?"
     prompts.append(tok.apply_chat_template([{"role": "user", "content": question}]))
-    doc2 = _doc_text("Yuan_dynasty.txt", 4600)
+    doc2 = _doc_text("Yuan_dynasty.txt", 4000)
     prompts.append(tok.apply_chat_template([
         {"role": "system", "content": "Answer from the document only."},
         {"role": "user", "content": doc2 + "\n\nWho founded the Yuan dynasty?"}]))

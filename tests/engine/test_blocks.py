@@ -65,7 +65,7 @@ def check_served_blocks(engine: LLMEngine) -> None:
                 assert block.token_ids == tuple(seq.token_ids[i * bm.block_size:(i + 1) * bm.block_size])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=ops, num_blocks=st.integers(9, 40), budget=st.sampled_from([8, 32, 128]),
        caching=st.booleans())
 def test_random_schedules_never_leak(tiny, schedule, num_blocks, budget, caching):
