@@ -75,7 +75,8 @@ def test_kernel_tests_run_when_triton_was_imported_before_the_flag():
 
 
 def _python(code: str, extra_env: dict[str, str]) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | extra_env
+    inherited = ("TRITON_INTERPRET", "KERNEL_TESTS_SUBPROCESS")  # this may itself run in that subprocess
+    env = {k: v for k, v in os.environ.items() if k not in inherited} | extra_env
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                             timeout=120)
