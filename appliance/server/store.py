@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sqlite3
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
+
+from appliance.server.tenant_fields import DEFAULT_WEIGHT, TenantFieldError, check_fields
 
 KEY_PREFIX = "apk"
 BOOTSTRAP_KEY_ID = "env-admin"
@@ -34,10 +37,28 @@ _USAGE_UPSERT = (
     " cached_tokens = cached_tokens + excluded.cached_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens"
 )
+# Usage is counted only for a tenant that exists: a request of a tenant deleted while it ran must not
+# bring back the usage row the deletion erased (whichever code path writes usage).
+_USAGE_GUARD = (
+    "CREATE TRIGGER IF NOT EXISTS usage_needs_tenant BEFORE INSERT ON usage"
+    " WHEN NOT EXISTS (SELECT 1 FROM tenants WHERE name = NEW.tenant)"
+    " BEGIN SELECT RAISE(IGNORE); END"
+)
 
 
 class StoreError(ValueError):
     """A control-plane request that cannot be honoured (unknown tenant, duplicate name, ...)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownTenantError(StoreError):
+    """The named tenant does not exist (HTTP 404)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"tenant {name!r} does not exist", "name")
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,14 +76,22 @@ class Principal:
 
 @dataclass(slots=True, frozen=True)
 class Tenant:
+    """A tenant and its limits; None limits mean unlimited (quota, rpm) or the server default (others)."""
+
     name: str
     token_quota_per_day: int | None
     requests_per_minute: int | None
     created_at: str
+    max_concurrent_requests: int | None = None
+    max_queued_tokens: int | None = None
+    weight: float = DEFAULT_WEIGHT
 
     def to_dict(self) -> dict:
         return {"name": self.name, "token_quota_per_day": self.token_quota_per_day,
-                "requests_per_minute": self.requests_per_minute, "created_at": self.created_at}
+                "requests_per_minute": self.requests_per_minute,
+                "max_concurrent_requests": self.max_concurrent_requests,
+                "max_queued_tokens": self.max_queued_tokens, "weight": self.weight,
+                "created_at": self.created_at}
 
 
 @dataclass(slots=True)
@@ -79,6 +108,7 @@ class AuditEntry:
     completion_tokens: int = 0
     error_code: str | None = None
     prompt: str | None = None
+    detail: str | None = None  # JSON, for rows that record an operation (e.g. what a deletion erased)
 
 
 def valid_name(name: object) -> bool:
@@ -130,37 +160,52 @@ class ControlStore:
         db = self.db
         db["tenants"].create({"name": str, "token_quota_per_day": int, "requests_per_minute": int,
                               "created_at": str}, pk="name", if_not_exists=True)
+        _add_missing(db["tenants"], {"max_concurrent_requests": (int, None),
+                                     "max_queued_tokens": (int, None), "weight": (float, DEFAULT_WEIGHT)})
         db["api_keys"].create({"id": str, "key_hash": str, "tenant": str, "role": str, "name": str,
                                "created_at": str, "revoked_at": str}, pk="id", if_not_exists=True)
         db["usage"].create({"tenant": str, "day": str, "requests": int, "prompt_tokens": int,
                             "cached_tokens": int, "completion_tokens": int},
                            pk=("tenant", "day"), if_not_exists=True)
+        db.execute(_USAGE_GUARD)
         db["audit"].create({"id": int, "time": str, "tenant": str, "key_id": str, "method": str,
                             "route": str, "status": int, "request_id": str, "duration_ms": float,
                             "prompt_tokens": int, "cached_tokens": int, "completion_tokens": int,
                             "error_code": str, "prompt": str}, pk="id", if_not_exists=True)
+        _add_missing(db["audit"], {"detail": (str, None)})
         db["audit"].create_index(["tenant", "time"], if_not_exists=True)
 
     # --- tenants ---------------------------------------------------------------------------------
     def create_tenant(self, name: str, token_quota_per_day: int | None = None,
-                      requests_per_minute: int | None = None, exist_ok: bool = False) -> Tenant:
+                      requests_per_minute: int | None = None, exist_ok: bool = False, *,
+                      max_concurrent_requests: int | None = None, max_queued_tokens: int | None = None,
+                      weight: float = DEFAULT_WEIGHT) -> Tenant:
         if not valid_name(name):
             raise StoreError("tenant name must be 1-64 characters of letters, digits, '.', '_' or '-', "
-                             "starting with a letter or digit")
-        for label, limit in (("token_quota_per_day", token_quota_per_day),
-                             ("requests_per_minute", requests_per_minute)):
-            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-                raise StoreError(f"{label} must be a non-negative integer")
+                             "starting with a letter or digit", "name")
+        row = {"name": name, **_checked(token_quota_per_day=token_quota_per_day,
+                                        requests_per_minute=requests_per_minute,
+                                        max_concurrent_requests=max_concurrent_requests,
+                                        max_queued_tokens=max_queued_tokens, weight=weight),
+               "created_at": utc_now()}
         with self._lock:
             existing = self._tenant_row(name)
             if existing is not None:
                 if exist_ok:
                     return existing
-                raise StoreError(f"tenant {name!r} already exists")
-            row = {"name": name, "token_quota_per_day": token_quota_per_day,
-                   "requests_per_minute": requests_per_minute, "created_at": utc_now()}
+                raise StoreError(f"tenant {name!r} already exists", "name")
             self.db["tenants"].insert(row)
         return Tenant(**row)
+
+    def update_tenant(self, name: str, **fields: object) -> Tenant:
+        """Set some of a tenant's limits and weight (see tenant_fields); returns the updated tenant."""
+        values = _checked(**fields)
+        with self._lock:
+            if self._tenant_row(name) is None:
+                raise UnknownTenantError(name)
+            if values:
+                self.db["tenants"].update(name, values)
+            return self._tenant_row(name)
 
     def get_tenant(self, name: str) -> Tenant | None:
         with self._lock:
@@ -173,6 +218,47 @@ class ControlStore:
     def list_tenants(self) -> list[Tenant]:
         with self._lock:
             return [Tenant(**row) for row in self.db["tenants"].rows_where(order_by="name")]
+
+    def revoke_tenant_keys(self, name: str) -> int:
+        """Revoke every active key of a tenant at once (the first step of deleting it)."""
+        with self._lock:
+            cur = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE tenant = ?"
+                                  " AND revoked_at IS NULL", [utc_now(), name])
+            return cur.rowcount
+
+    def delete_tenant(self, name: str, erased: dict[str, int] | None = None, key_id: str | None = None,
+                      request_id: str = "") -> dict:
+        """Erase a tenant's rows (keys, usage, the tenant; prompts in its audit rows are blanked) and
+        write one audit row whose `detail` lists what was erased, all in one transaction.
+
+        `erased` carries the counts of what the caller erased elsewhere (vector store, KV cache, ...)
+        so that the one audit row tells the whole story. Returns the counts written there.
+        """
+        if name == ADMIN_TENANT:
+            raise StoreError("the admin tenant cannot be deleted", "name")
+        with self._lock:
+            if self._tenant_row(name) is None:
+                raise UnknownTenantError(name)
+            return self._erase(name, dict(erased or {}), key_id, request_id)
+
+    def _erase(self, name: str, counts: dict[str, int], key_id: str | None, request_id: str) -> dict:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts["keys"] = conn.execute("DELETE FROM api_keys WHERE tenant = ?", [name]).rowcount
+            counts["usage_rows"] = conn.execute("DELETE FROM usage WHERE tenant = ?", [name]).rowcount
+            counts["audit_prompts_blanked"] = conn.execute(
+                "UPDATE audit SET prompt = NULL WHERE tenant = ? AND prompt IS NOT NULL", [name]).rowcount
+            conn.execute("DELETE FROM tenants WHERE name = ?", [name])
+            conn.execute("INSERT INTO audit (time, tenant, key_id, method, route, status, request_id,"
+                         " duration_ms, prompt_tokens, cached_tokens, completion_tokens, detail)"
+                         " VALUES (?, ?, ?, 'ERASE', 'tenant', 200, ?, 0, 0, 0, 0, ?)",
+                         [utc_now(), name, key_id, request_id, json.dumps(counts, sort_keys=True)])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return counts
 
     # --- keys --------------------------------------------------------------------------------
     def create_key(self, tenant: str, role: str = "tenant", name: str = "") -> tuple[str, str]:
@@ -242,7 +328,7 @@ class ControlStore:
                "route": entry.route, "status": entry.status, "request_id": entry.request_id,
                "duration_ms": round(entry.duration_ms, 3), "prompt_tokens": entry.prompt_tokens,
                "cached_tokens": entry.cached_tokens, "completion_tokens": entry.completion_tokens,
-               "error_code": entry.error_code, "prompt": entry.prompt}
+               "error_code": entry.error_code, "prompt": entry.prompt, "detail": entry.detail}
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:
@@ -273,3 +359,18 @@ class ControlStore:
         with self._lock:
             rows = self.db["audit"].rows_where(order_by="id desc", limit=limit)
             return [dict(row) for row in rows]
+
+
+def _checked(**fields: object) -> dict:
+    try:
+        return check_fields(fields)
+    except TenantFieldError as exc:
+        raise StoreError(str(exc), exc.param) from None
+
+
+def _add_missing(table: sqlite_utils.db.Table, columns: dict[str, tuple[type, object]]) -> None:
+    """Migrate a database made by an older version: add the columns it lacks."""
+    existing = table.columns_dict
+    for name, (kind, default) in columns.items():
+        if name not in existing:
+            table.add_column(name, kind, not_null_default=default)
