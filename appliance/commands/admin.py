@@ -1,7 +1,7 @@
-"""`appliance tenants create|list` and `appliance keys create|list|revoke`: the control plane from the shell.
+"""`appliance keys create|list|revoke` (and, from commands/tenants.py, `appliance tenants ...`).
 
-They open the same SQLite file as a running server (WAL), so they work while it serves. A new key
-is printed once, alone on the last line of stdout; only its hash is stored.
+They open the same SQLite file as a running server (WAL), so they work while it serves. A new key is
+printed once, alone on the last line of stdout; only its hash is stored.
 """
 
 from __future__ import annotations
@@ -24,24 +24,10 @@ def _store(args: argparse.Namespace):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    _register_tenants(subparsers)
+    from appliance.commands import tenants
+
+    tenants.register(subparsers)
     _register_keys(subparsers)
-
-
-def _register_tenants(subparsers: argparse._SubParsersAction) -> None:
-    tenants = subparsers.add_parser("tenants", help="create and list tenants")
-    tsub = tenants.add_subparsers(dest="tenants_command", metavar="ACTION")
-    create = tsub.add_parser("create", help="create a tenant")
-    create.add_argument("name")
-    create.add_argument("--token-quota", type=int, default=None,
-                        help="tokens per UTC day (default unlimited)")
-    create.add_argument("--rpm", type=int, default=None, help="requests per minute (default unlimited)")
-    _data_dir_arg(create)
-    create.set_defaults(func=tenants_create)
-    listing = tsub.add_parser("list", help="list tenants")
-    _data_dir_arg(listing)
-    listing.set_defaults(func=tenants_list)
-    tenants.set_defaults(func=lambda args: tenants.print_help() or 2)
 
 
 def _register_keys(subparsers: argparse._SubParsersAction) -> None:
@@ -62,34 +48,6 @@ def _register_keys(subparsers: argparse._SubParsersAction) -> None:
     _data_dir_arg(revoke)
     revoke.set_defaults(func=keys_revoke)
     keys.set_defaults(func=lambda args: keys.print_help() or 2)
-
-
-def tenants_create(args: argparse.Namespace) -> int:
-    from appliance.server.store import StoreError
-
-    store = _store(args)
-    try:
-        tenant = store.create_tenant(args.name, args.token_quota, args.rpm)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        store.close()
-    print(f"created tenant {tenant.name} (tokens/day: {_limit(tenant.token_quota_per_day)}, "
-          f"requests/min: {_limit(tenant.requests_per_minute)})")
-    return 0
-
-
-def tenants_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        tenants = store.list_tenants()
-    finally:
-        store.close()
-    print(f"{'NAME':<24} {'TOKENS/DAY':>12} {'REQ/MIN':>8}  CREATED")
-    for t in tenants:
-        print(f"{t.name:<24} {_limit(t.token_quota_per_day):>12} {_limit(t.requests_per_minute):>8}  "
-              f"{t.created_at}")
-    return 0
 
 
 def keys_create(args: argparse.Namespace) -> int:
@@ -136,6 +94,3 @@ def keys_revoke(args: argparse.Namespace) -> int:
     print(f"revoked key {args.key_id}")
     return 0
 
-
-def _limit(value: int | None) -> str:
-    return "unlimited" if value is None else str(value)

@@ -9,8 +9,10 @@ from aiohttp import web
 
 from appliance.server.errors import ApiError, not_found
 from appliance.server.params import read_json
-from appliance.server.state import AppState, principal_of, state_of
-from appliance.server.store import ROLES, StoreError
+from appliance.server.state import AppState, ctx_of, principal_of, state_of
+from appliance.server.store import ROLES, StoreError, UnknownTenantError
+from appliance.server.tenant_erase import erase_tenant
+from appliance.server.tenant_fields import FIELDS, LIMIT_FIELDS
 from engine import InvalidRequestError
 
 
@@ -53,7 +55,7 @@ def server_status(state: AppState) -> str:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    tenants = state_of(request).store.list_tenants()
+    tenants = await asyncio.to_thread(state_of(request).store.list_tenants)
     return web.json_response({"tenants": [t.to_dict() for t in tenants]})
 
 
@@ -63,13 +65,62 @@ async def create_tenant(request: web.Request) -> web.Response:
     name = body.string("name", max_len=64)
     quota = body.integer("token_quota_per_day", state.config.default_token_quota_per_day, minimum=0)
     rpm = body.integer("requests_per_minute", state.config.default_requests_per_minute, minimum=0)
+    extra = {k: v for k, v in _tenant_fields(body, known_only=False).items() if v is not None}
+    extra.pop("token_quota_per_day", None)
+    extra.pop("requests_per_minute", None)
     try:
-        tenant = state.store.create_tenant(name, quota, rpm)
+        tenant = await asyncio.to_thread(state.store.create_tenant, name, quota, rpm, **extra)
     except StoreError as exc:
         exists = "already exists" in str(exc)
-        raise ApiError(409 if exists else 400, str(exc), "name",
+        raise ApiError(409 if exists else 400, str(exc), exc.param or "name",
                        "tenant_exists" if exists else "invalid_value") from None
     return web.json_response(tenant.to_dict(), status=201)
+
+
+async def update_tenant(request: web.Request) -> web.Response:
+    """PATCH /admin/tenants/{name}: set limits and weight; a null value goes back to the default."""
+    state = state_of(request)
+    body = await read_json(request, state.config.max_body_bytes)
+    fields = _tenant_fields(body, known_only=True)
+    if not fields:
+        raise ApiError(400, f"send at least one of: {', '.join(FIELDS)}", None, "missing_required_parameter")
+    try:
+        tenant = await asyncio.to_thread(state.store.update_tenant, request.match_info["name"], **fields)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return web.json_response(tenant.to_dict())
+
+
+async def delete_tenant(request: web.Request) -> web.Response:
+    """DELETE /admin/tenants/{name}: erase the tenant and everything it owns (see tenant_erase)."""
+    state = state_of(request)
+    ctx = ctx_of(request)
+    try:
+        erased = await erase_tenant(state, request.match_info["name"], principal_of(request).key_id,
+                                    ctx.request_id)
+    except StoreError as exc:
+        raise _store_error(exc) from None
+    return web.json_response({"deleted": True, "tenant": request.match_info["name"], "erased": erased})
+
+
+def _tenant_fields(body, known_only: bool) -> dict:
+    """The tenant fields present in the body (null kept: it means "back to the default")."""
+    if known_only:
+        unknown = sorted(k for k in body.data if k not in FIELDS)
+        if unknown:
+            raise ApiError(400, f"unknown field '{unknown[0]}'; a tenant has: {', '.join(FIELDS)}",
+                           unknown[0], "unknown_parameter")
+    fields = {k: body.data[k] for k in FIELDS if k in body.data}
+    for name, value in fields.items():  # JSON writers may send 5.0 for 5
+        if name in LIMIT_FIELDS and isinstance(value, float) and value.is_integer():
+            fields[name] = int(value)
+    return fields
+
+
+def _store_error(exc: StoreError) -> ApiError:
+    if isinstance(exc, UnknownTenantError):
+        return not_found(str(exc), "name", "tenant_not_found")
+    return ApiError(400, str(exc), exc.param, "invalid_value")
 
 
 async def list_keys(request: web.Request) -> web.Response:

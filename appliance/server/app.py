@@ -71,6 +71,8 @@ def _routes(app: web.Application) -> None:
     r.add_get("/admin/stats", admin_routes.stats)
     r.add_get("/admin/tenants", admin_routes.list_tenants)
     r.add_post("/admin/tenants", admin_routes.create_tenant)
+    r.add_patch("/admin/tenants/{name}", admin_routes.update_tenant)
+    r.add_delete("/admin/tenants/{name}", admin_routes.delete_tenant)
     r.add_get("/admin/keys", admin_routes.list_keys)
     r.add_post("/admin/keys", admin_routes.create_key)
     r.add_delete("/admin/keys/{key_id}", admin_routes.revoke_key)
