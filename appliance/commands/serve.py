@@ -27,23 +27,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds in-flight requests get after SIGTERM (default 30)")
     p.add_argument("--log-prompts", action="store_true", default=None,
                    help="store prompts in the audit log (off by default)")
+    p.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS (APPLIANCE_TLS_CERT; "
+                   "needs --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (APPLIANCE_TLS_KEY)")
     p.add_argument("--config", help="TOML file with server settings (APPLIANCE_CONFIG)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
 
 OVERRIDES = ("host", "port", "data_dir", "model", "device", "dtype", "qdrant_url", "kv_cache_gib",
-             "max_num_seqs", "max_queued_requests", "max_queued_tokens", "drain_timeout_s", "log_prompts")
+             "max_num_seqs", "max_queued_requests", "max_queued_tokens", "drain_timeout_s", "log_prompts",
+             "tls_cert", "tls_key")
 
 
 def run(args: argparse.Namespace) -> int:
     from appliance.server.config import ConfigError, load_config
     from appliance.server.runner import serve
+    from appliance.server.tls import ssl_context
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config({name: getattr(args, name) for name in OVERRIDES}, args.config)
+        ssl_context(config)  # checked here too: one line on stderr, before the event loop starts
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 

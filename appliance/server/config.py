@@ -37,9 +37,14 @@ class ServerConfig:
     default_max_tokens: int = 256     # when a request names no max_tokens
     max_body_bytes: int = 4 * 1024 * 1024
     max_upload_bytes: int = 64 * 1024 * 1024
+    max_upload_inflight_bytes: int = 256 * 1024 * 1024  # uploads held at once; beyond: 503
+    ingest_timeout_s: float = 600.0   # embedding + indexing of one upload request; beyond: 504
+    request_timeout_s: float = 600.0  # a generation request's server-side deadline; beyond: 504
     drain_timeout_s: float = 30.0
     log_prompts: bool = False         # store prompts in the audit log (off: never)
     admin_key: str | None = None      # bootstraps an admin key (APPLIANCE_ADMIN_KEY)
+    tls_cert: str | None = None       # PEM certificate (chain): serve HTTPS; needs tls_key too
+    tls_key: str | None = None        # PEM private key of tls_cert
     rag_top_k: int = 3  # chunks in a RAG prompt; 3 gave the bundled 135M model its best answers
     rag_system_prompt: str = (
         "You are a helpful assistant. Answer the question using only the numbered context passages. "
@@ -49,6 +54,9 @@ class ServerConfig:
     # Limits of tenants created without explicit ones (None = unlimited).
     default_token_quota_per_day: int | None = None
     default_requests_per_minute: int | None = None
+    # Per-tenant isolation for tenants without their own limits (the admin tenant: only its own).
+    default_max_concurrent_requests: int = 16
+    default_max_queued_tokens_per_tenant: int = 65536
 
     @property
     def data_path(self) -> Path:
@@ -61,10 +69,13 @@ class ServerConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         positive = ("kv_cache_gib", "max_num_seqs", "max_num_batched_tokens", "max_queued_requests",
                     "max_queued_tokens", "default_max_tokens", "max_body_bytes", "max_upload_bytes",
-                    "rag_top_k")
+                    "rag_top_k", "max_upload_inflight_bytes", "ingest_timeout_s", "request_timeout_s",
+                    "default_max_concurrent_requests", "default_max_queued_tokens_per_tenant")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_upload_inflight_bytes < self.max_upload_bytes:
+            raise ConfigError("max_upload_inflight_bytes must be >= max_upload_bytes (one upload must fit)")
         if self.drain_timeout_s < 0:
             raise ConfigError("drain_timeout_s must be >= 0")
         if self.model is not None and not Path(self.model).exists():

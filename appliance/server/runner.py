@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from appliance.server.app import create_app, load_components, sample_rates
 from appliance.server.config import ServerConfig
 from appliance.server.state import STATE, AppState
+from appliance.server.tls import ssl_context
 
 log = logging.getLogger(__name__)
 ABORT_GRACE_S = 5.0
@@ -43,18 +45,19 @@ async def drain(state: AppState, timeout: float) -> bool:
 async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None = None,
                 stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit code (0 after a clean drain)."""
+    tls = ssl_context(config)  # a bad certificate or key fails here, before anything is loaded
     app = create_app(config)
     state = app[STATE]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=ABORT_GRACE_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         state.store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-    url = _bound_url(site, config)
+    url = _bound_url(site, config, tls)
     if on_listening is not None:
         on_listening(url)
     stop = stop or asyncio.Event()
@@ -92,13 +95,13 @@ def _install_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def _bound_url(site: web.TCPSite, config: ServerConfig) -> str:
+def _bound_url(site: web.TCPSite, config: ServerConfig, tls: ssl.SSLContext | None) -> str:
     server = site._server
     port = config.port
     if server is not None and getattr(server, "sockets", None):
         port = server.sockets[0].getsockname()[1]
     host = config.host if ":" not in config.host else f"[{config.host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 async def _close(state: AppState) -> None:
