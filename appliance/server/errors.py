@@ -18,6 +18,7 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable_error",
+    504: "timeout_error",
 }
 
 
@@ -51,6 +52,11 @@ def not_found(message: str, param: str | None = None, code: str | None = None) -
 
 def unavailable(message: str, retry_after: int, code: str) -> ApiError:
     return ApiError(503, message, None, code, {"Retry-After": str(retry_after)})
+
+
+def timed_out(message: str) -> ApiError:
+    """A server-side time limit ran out (generation deadline, ingest timeout)."""
+    return ApiError(504, message, None, "timeout")
 
 
 def sse_error_event(err: ApiError) -> bytes:

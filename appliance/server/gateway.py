@@ -2,7 +2,9 @@
 
 Probes (/health, /metrics, /openapi.json) are public and not audited; every other request is
 authenticated with `Authorization: Bearer <key>` and written to the audit log when it ends, however
-it ends (success, error, client disconnect, cancellation).
+it ends (success, error, client disconnect, cancellation). SQLite stays off the event loop: the key
+lookup runs in a worker thread and the audit row goes to the writer thread; an admin request first
+waits (bounded) until every row handed over before it is written, so admin reads see them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/metrics", "/openapi.json"})
 STATUS_CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+ADMIN_FLUSH_TIMEOUT_S = 5.0
 
 
 def _route_name(request: web.Request) -> str:
@@ -28,24 +31,26 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "(unmatched)"
 
 
-def _authenticate(state: AppState, request: web.Request, ctx: RequestContext) -> None:
+async def _authenticate(state: AppState, request: web.Request, ctx: RequestContext) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", None, "invalid_api_key",
                        {"WWW-Authenticate": "Bearer"})
-    principal = state.store.authenticate(key.strip())
-    if principal is None:
+    identity = await state.control.identify(key.strip())
+    if identity is None:
         raise ApiError(401, "invalid or revoked API key", None, "invalid_api_key",
                        {"WWW-Authenticate": "Bearer"})
-    ctx.principal = principal
+    principal = ctx.principal = identity.principal
+    ctx.tenant_row = identity.tenant
     if request.path.startswith("/admin"):
         if not principal.is_admin:
             raise ApiError(403, "this endpoint needs an admin key", None, "admin_required")
+        await state.control.flush(ADMIN_FLUSH_TIMEOUT_S)
         return
     state.admission.check_draining()
     if not principal.is_admin:
-        state.limits.check(state.store.get_tenant(principal.tenant))
+        state.limits.check(identity.tenant, state.admission.tenant_tokens(principal.tenant))
 
 
 def _http_error(exc: web.HTTPException) -> ApiError:
@@ -76,7 +81,7 @@ async def gateway(request: web.Request, handler) -> web.StreamResponse:
         raise
     finally:
         state.admission.exit()
-        _audit(state, request, ctx, status)
+        await _audit(state, request, ctx, status)
 
 
 async def _handle(request: web.Request, handler, ctx: RequestContext,
@@ -87,7 +92,7 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
         if route_error is not None:
             raise _http_error(route_error)
         if authenticate:
-            _authenticate(state_of(request), request, ctx)
+            await _authenticate(state_of(request), request, ctx)
         response = await handler(request)
     except ApiError as err:
         ctx.error_code = err.code or err.type
@@ -109,16 +114,16 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
     return response
 
 
-def _audit(state: AppState, request: web.Request, ctx: RequestContext, status: int) -> None:
+async def _audit(state: AppState, request: web.Request, ctx: RequestContext, status: int) -> None:
     route = _route_name(request)
     state.metrics.http_requests.inc(route=route, status=str(status))
     entry = AuditEntry(ctx.tenant, ctx.principal.key_id if ctx.principal else None, request.method, route,
                        status, ctx.request_id, (time.monotonic() - ctx.started) * 1000.0, ctx.prompt_tokens,
                        ctx.cached_tokens, ctx.completion_tokens, ctx.error_code, ctx.prompt)
     try:
-        state.store.record(entry, ctx.counts_usage)
+        await state.control.record(entry, ctx.counts_usage)
     except Exception:  # the audit must never turn a served request into an error
-        log.exception("could not write the audit row for %s", ctx.request_id)
+        log.exception("could not hand over the audit row for %s", ctx.request_id)
 
 
 def request_id_of(request: web.Request) -> str:

@@ -1,7 +1,12 @@
-"""Per-tenant limits: requests per minute (sliding window, in memory) and tokens per UTC day (SQLite).
+"""Per-tenant limits: requests per minute (sliding window), tokens per UTC day, admission caps.
 
 A rate-limited client should come back soon (429, Retry-After, x-should-retry: true); an exhausted
-daily quota will not recover before midnight UTC (429, x-should-retry: false).
+daily quota will not recover before midnight UTC (429, x-should-retry: false). The quota counts the
+tokens of today's finished requests (UsageLedger, in memory) plus those of the tenant's requests in
+flight, so it is checked before a request starts and again after every step while it runs.
+
+Admin keys act as the tenant `admin`: they are not rate- or quota-limited, and only limits set on the
+`admin` tenant itself cap their concurrency (the server defaults are for tenants, not the operator).
 """
 
 from __future__ import annotations
@@ -11,32 +16,31 @@ import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
 
+from appliance.server.admission import TenantCaps
+from appliance.server.config import ServerConfig
+from appliance.server.control import UsageLedger
 from appliance.server.errors import ApiError
-from appliance.server.store import ControlStore, Tenant
+from appliance.server.store import Principal, Tenant
 
 WINDOW_S = 60.0
 
 
 class TenantLimits:
-    def __init__(self, store: ControlStore) -> None:
-        self.store = store
+    def __init__(self, usage: UsageLedger) -> None:
+        self.usage = usage
         self._recent: dict[str, deque[float]] = {}
 
-    def check(self, tenant: Tenant | None) -> None:
+    def check(self, tenant: Tenant | None, inflight_tokens: int) -> None:
+        """Before a request: 429 when the tenant's quota is spent or its rate limit reached."""
         if tenant is None:
             return
-        self._check_quota(tenant)
+        if self.quota_reached(tenant, inflight_tokens):
+            raise quota_error(tenant, self.usage.used(tenant.name) + inflight_tokens)
         self._check_rate(tenant)
 
-    def _check_quota(self, tenant: Tenant) -> None:
-        quota = tenant.token_quota_per_day
-        if quota is None:
-            return
-        used = self.store.tokens_today(tenant.name)
-        if used >= quota:
-            raise ApiError(429, f"tenant {tenant.name!r} has used its daily quota of {quota} tokens "
-                                f"({used} used); it resets at 00:00 UTC", None, "insufficient_quota",
-                           {"Retry-After": str(_seconds_to_midnight()), "x-should-retry": "false"})
+    def quota_reached(self, tenant: Tenant | None, inflight_tokens: int) -> bool:
+        quota = None if tenant is None else tenant.token_quota_per_day
+        return quota is not None and self.usage.used(tenant.name) + inflight_tokens >= quota
 
     def _check_rate(self, tenant: Tenant) -> None:
         limit = tenant.requests_per_minute
@@ -52,6 +56,23 @@ class TenantLimits:
                                 f"{tenant.name!r}", None, "rate_limit_exceeded",
                            {"Retry-After": str(wait), "x-should-retry": "true"})
         recent.append(now)
+
+
+def quota_error(tenant: Tenant, used: int) -> ApiError:
+    quota = tenant.token_quota_per_day
+    return ApiError(429, f"tenant {tenant.name!r} has used its daily quota of {quota} tokens ({used} used, "
+                         f"counting requests in flight); it resets at 00:00 UTC", None, "insufficient_quota",
+                    {"Retry-After": str(_seconds_to_midnight()), "x-should-retry": "false"})
+
+
+def caps_for(principal: Principal, tenant: Tenant | None, config: ServerConfig) -> TenantCaps:
+    """The tenant's own admission limits, else the server defaults (never for the admin tenant)."""
+    concurrent = None if tenant is None else tenant.max_concurrent_requests
+    queued = None if tenant is None else tenant.max_queued_tokens
+    if principal.is_admin:
+        return TenantCaps(concurrent, queued)
+    return TenantCaps(config.default_max_concurrent_requests if concurrent is None else concurrent,
+                      config.default_max_queued_tokens_per_tenant if queued is None else queued)
 
 
 def _seconds_to_midnight() -> int:

@@ -140,7 +140,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, state: AppState, ctx: RequestContext, job: Job, shape: Shape,
                     options: StreamOptions) -> web.StreamResponse:
     validate_job(state, job)
-    with admitted(state, job) as ticket:
+    with admitted(state, ctx, job) as ticket:
         if options.stream:
             return await _stream(request, state, ctx, job, ticket, shape, options.include_usage)
         parts, finish_reason = [], None
@@ -166,7 +166,10 @@ async def _stream(request: web.Request, state: AppState, ctx: RequestContext, jo
                     await sse.send(shape.chunk([shape.delta(None, out.finish_reason)], None, include_usage))
         if include_usage:
             await sse.send(shape.chunk([], usage_dict(ctx), True))
-        await sse.done()
+        if ctx.cutoff is not None:  # the quota ran out: finish_reason "length", then why
+            await sse.fail(ctx.cutoff)
+        else:
+            await sse.done()
     except ApiError as err:
         await sse.fail(err)
     except ConnectionResetError:

@@ -3,6 +3,10 @@
 Every call is scoped to the caller's tenant: a collection name is looked up only among the
 tenant's own collections, so naming another tenant's collection finds nothing (404), never its
 data. RagService work (embedding, search, ingest) runs in worker threads, off the event loop.
+
+Uploads go through admission: refused while paused or draining, their bytes held against a server-
+wide budget (503 + Retry-After beyond it) until their ingest ends, and the ingest bounded in time
+(504 `timeout`; the worker thread cannot be stopped, so the bytes stay held until it ends).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from appliance.server.errors import ApiError, bad_request, not_found
+from appliance.server.admission import UploadHold
+from appliance.server.errors import ApiError, bad_request, not_found, timed_out
 from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
 from appliance.server.openai_params import parse_sampling
 from appliance.server.params import Body, read_json, too_large
@@ -95,7 +100,7 @@ async def query(request: web.Request) -> web.StreamResponse:
                                                         prompt.messages(), prompt_ids)
     validate_job(state, job)
     head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
-    with admitted(state, job) as ticket:
+    with admitted(state, ctx, job) as ticket:
         if stream:
             return await _stream_answer(request, state, ctx, job, ticket, head, prompt.sources)
         parts, finish_reason = [], None
@@ -122,7 +127,10 @@ async def _stream_answer(request: web.Request, state: AppState, ctx: RequestCont
                 finish_reason = out.finish_reason if out.finished else None
         await sse.send({**chunk, "delta": "", "finish_reason": finish_reason, "sources": sources,
                         "usage": usage_dict(ctx)})
-        await sse.done()
+        if ctx.cutoff is not None:  # the quota ran out: finish_reason "length", then why
+            await sse.fail(ctx.cutoff)
+        else:
+            await sse.done()
     except ApiError as err:
         await sse.fail(err)
     except ConnectionResetError:
@@ -160,33 +168,70 @@ async def delete_document(request: web.Request) -> web.Response:
 
 
 async def upload_documents(request: web.Request) -> web.Response:
+    """Ingest uploaded files; their bytes count against the server's upload budget until ingested."""
     state = state_of(request)
     collection = _collection(request.match_info["collection"])
     rag = state.need_rag()
-    files = await _read_files(request, state.config.max_upload_bytes)
+    state.admission.check_open()
+    hold = UploadHold(state.admission.uploads)
+    try:
+        files = await _read_files(request, state.config.max_upload_bytes, hold)
+    except BaseException:
+        hold.release()
+        raise
     tenant = principal_of(request).tenant
-    results = []
-    for source, data in files:
-        try:
-            result = await asyncio.to_thread(rag.ingest_bytes, tenant, collection, source, data)
-        except ValueError as exc:  # e.g. a source path that normalises to nothing
-            raise bad_request(f"cannot ingest {source!r}: {exc}", "file", "invalid_value") from None
+    ingest = asyncio.ensure_future(asyncio.to_thread(_ingest_files, rag, tenant, collection, files))
+    ingest.add_done_callback(lambda task: _ingest_ended(task, hold))  # held while the thread runs
+    del files
+    try:
+        results = await asyncio.wait_for(asyncio.shield(ingest), state.config.ingest_timeout_s)
+    except asyncio.TimeoutError:
+        raise timed_out(f"ingesting the upload took longer than the server's limit of "
+                        f"{state.config.ingest_timeout_s:g} s; it goes on in the background, and "
+                        "uploading the same files again is safe (unchanged files are skipped)") from None
+    except _Refused as exc:
+        raise bad_request(f"cannot ingest {exc.source!r}: {exc.reason}", "file", "invalid_value") from None
+    for result in results:
         state.metrics.ingest_documents.inc(status=result.status)
         if result.status in ("added", "replaced"):
             state.metrics.ingest_chunks.inc(result.chunks)
-        results.append(result.to_dict())
-    return web.json_response({"results": results})
+    return web.json_response({"results": [result.to_dict() for result in results]})
 
 
-async def _read_files(request: web.Request, limit: int) -> list[tuple[str, bytes]]:
+def _ingest_ended(task: asyncio.Future, hold: UploadHold) -> None:
+    hold.release()
+    if not task.cancelled():
+        task.exception()  # retrieved here too: after a timeout nobody else awaits it
+
+
+class _Refused(Exception):
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(source, reason)
+        self.source, self.reason = source, reason
+
+
+def _ingest_files(rag, tenant: str, collection: str, files: list[tuple[str, bytes]]) -> list:
+    """Worker thread: ingest each file in turn; a file that cannot be ingested at all stops the rest."""
+    results = []
+    for source, data in files:
+        try:
+            results.append(rag.ingest_bytes(tenant, collection, source, data))
+        except ValueError as exc:  # e.g. a source path that normalises to nothing
+            raise _Refused(source, str(exc)) from None
+    return results
+
+
+async def _read_files(request: web.Request, limit: int, hold: UploadHold) -> list[tuple[str, bytes]]:
     """The multipart parts named `file`, each with its filename (the document's source path)."""
     if not request.content_type.startswith("multipart/"):
         raise bad_request("upload documents as multipart/form-data with one or more parts named 'file'",
                           "file", "invalid_content_type")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_large(limit)
+        hold.need(request.content_length)  # the whole body at once: 503 before reading any of it
     try:
-        return await _collect_parts(await request.multipart(), limit)
+        return await _collect_parts(await request.multipart(), limit, hold)
     except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise bad_request(f"malformed multipart body: {reason}", "file", "invalid_multipart") from None
@@ -197,7 +242,7 @@ def _source_name(filename: str) -> str:
     return unquote(filename) if "%" in filename else filename
 
 
-async def _collect_parts(reader, limit: int) -> list[tuple[str, bytes]]:
+async def _collect_parts(reader, limit: int, hold: UploadHold) -> list[tuple[str, bytes]]:
     files, total = [], 0
     while (part := await reader.next()) is not None:
         if part.name != "file" or not hasattr(part, "read_chunk"):
@@ -211,9 +256,9 @@ async def _collect_parts(reader, limit: int) -> list[tuple[str, bytes]]:
             total += len(chunk)
             if total > limit:
                 raise too_large(limit)
+            hold.need(total)  # a body without Content-Length reserves as it arrives
             data += chunk
         files.append((_source_name(part.filename), bytes(data)))
     if not files:
         raise bad_request("no parts named 'file' in the upload", "file", "missing_required_parameter")
     return files
-

@@ -55,6 +55,7 @@ async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None
         await site.start()
     except OSError as exc:
         await runner.cleanup()
+        await asyncio.to_thread(state.control.close)
         state.store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     url = _bound_url(site, config, tls)
@@ -105,6 +106,7 @@ def _bound_url(site: web.TCPSite, config: ServerConfig, tls: ssl.SSLContext | No
 
 
 async def _close(state: AppState) -> None:
+    await asyncio.to_thread(state.control.close)  # every request has ended: write all audit rows
     if state.rag is not None:
         await asyncio.to_thread(state.rag.close)
     if state.engine is not None:

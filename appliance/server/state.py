@@ -11,10 +11,11 @@ from aiohttp import web
 
 from appliance.server.admission import Admission
 from appliance.server.config import ServerConfig
-from appliance.server.errors import unavailable
+from appliance.server.control import ControlPlane
+from appliance.server.errors import ApiError, unavailable
 from appliance.server.limits import TenantLimits
 from appliance.server.metrics import ServerMetrics
-from appliance.server.store import ControlStore, Principal
+from appliance.server.store import ControlStore, Principal, Tenant
 
 if TYPE_CHECKING:
     from engine import AsyncEngine
@@ -26,7 +27,8 @@ RETRY_AFTER_LOADING_S = 5
 @dataclass(slots=True)
 class AppState:
     config: ServerConfig
-    store: ControlStore
+    store: ControlStore  # blocking calls: from worker threads only (see control)
+    control: ControlPlane
     metrics: ServerMetrics
     admission: Admission
     limits: TenantLimits
@@ -39,8 +41,10 @@ class AppState:
 
     @classmethod
     def create(cls, config: ServerConfig, store: ControlStore) -> AppState:
-        return cls(config, store, ServerMetrics(),
-                   Admission(config.max_queued_requests, config.max_queued_tokens), TenantLimits(store))
+        control = ControlPlane(store)
+        admission = Admission(config.max_queued_requests, config.max_queued_tokens,
+                              config.max_upload_inflight_bytes)
+        return cls(config, store, control, ServerMetrics(), admission, TenantLimits(control.usage))
 
     @property
     def is_loaded(self) -> bool:
@@ -69,6 +73,7 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
     principal: Principal | None = None
+    tenant_row: Tenant | None = None  # the principal's tenant as read at authentication
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -76,6 +81,9 @@ class RequestContext:
     error_code: str | None = None
     prompt: str | None = None
     client_gone: bool = False
+    # The server ended the generation early but kept what was made (the daily quota ran out): the
+    # response finishes normally ("length") and a stream adds this error as its last event.
+    cutoff: ApiError | None = None
 
     @property
     def tenant(self) -> str | None:
