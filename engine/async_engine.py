@@ -3,6 +3,10 @@
 Callers on an event loop add requests and aborts through a command queue (non-blocking) and read
 each request's outputs from an asyncio.Queue fed with call_soon_threadsafe. Anything that must read
 or change the engine's state directly (stats, flush) takes the engine lock in a worker thread.
+
+A request that fails on its own raises RequestFailedError from its stream alone. A step that fails
+for every sequence is an engine fault: the live requests end with EngineDeadError, the cached KV is
+dropped and the loop goes on with an empty engine; health() reports faults that repeat.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,14 +28,44 @@ from engine.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 
+# This many engine faults within FAULT_WINDOW_S mark the engine unhealthy (/health says so).
+MAX_FAULTS_IN_WINDOW = 3
+FAULT_WINDOW_S = 60.0
+IDLE_WAIT_S = 0.05  # how long the loop sleeps when it has nothing it can schedule
+
+
 class EngineDeadError(RuntimeError):
     """The step loop failed; the request cannot complete."""
+
+
+class RequestFailedError(RuntimeError):
+    """This request alone failed inside the engine; the message is meant for the user."""
+
+
+@dataclass(slots=True)
+class EngineHealth:
+    ok: bool
+    num_faults: int
+    last_fault: str | None
 
 
 @dataclass(slots=True)
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+
+
+@dataclass(slots=True)
+class _Add:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams
+    salt: str
+    public_prefix_len: int
+    pin: bool
+    group: str | None
+    weight: float
+    deadline: float | None
 
 
 class AsyncEngine:
@@ -42,6 +78,9 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
         self._snapshot: EngineStats = engine.stats()  # refreshed by the loop, read without the lock
+        self._fault_times: deque[float] = deque(maxlen=MAX_FAULTS_IN_WINDOW)
+        self.num_faults = 0
+        self.last_fault: str | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None) -> AsyncEngine:
@@ -64,24 +103,50 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    # --- requests ----------------------------------------------------------------------------
+    def health(self) -> EngineHealth:
+        """Unhealthy when the loop is gone or faults keep repeating."""
+        now = time.monotonic()
+        recent = sum(1 for t in self._fault_times if now - t < FAULT_WINDOW_S)
+        ok = self.is_running and recent < MAX_FAULTS_IN_WINDOW
+        return EngineHealth(ok, self.num_faults, self.last_fault)
+
+    # --- what callers may read ---------------------------------------------------------------
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def context_limit(self) -> int:
+        return self.engine.context_limit
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.config.block_size
+
+    # --- requests ----------------------------------------------------------------------------
 
     def validate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError now, on the caller's side, for a request that cannot run."""
         self.engine.validate(request_id + "\x00new", prompt_ids, params)
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                       salt: str = "", public_prefix_len: int = 0,
-                       pin: bool = False) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs; leaving the iteration early aborts it and frees its blocks."""
+                       salt: str = "", public_prefix_len: int = 0, pin: bool = False, *,
+                       group: str | None = None, weight: float = 1.0,
+                       deadline: float | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs; leaving the iteration early aborts it and frees its blocks.
+
+        `group`/`weight`: its fair share (default group: the salt). Past `deadline` (time.monotonic())
+        the last item has finish_reason "timeout". A failure of this request alone raises
+        RequestFailedError; an engine fault raises EngineDeadError."""
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")
         self._streams[request_id] = stream
-        self._send(("add", request_id, prompt, params, salt, public_prefix_len, pin))
+        self._send(_Add(request_id, prompt, params, salt, public_prefix_len, pin, group, weight, deadline))
         finished = False
         try:
             while not finished:
@@ -89,6 +154,8 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
+                if item.finish_reason == "error":
+                    raise RequestFailedError(item.error or "the request failed in the engine")
                 yield item
         finally:
             if not finished:
@@ -109,9 +176,10 @@ class AsyncEngine:
             self._refresh()
         return self._snapshot
 
-    def flush_prefix_cache(self) -> int:
+    def flush_prefix_cache(self, salt: str | None = None) -> int:
+        """Drop unreferenced cached KV (only `salt`'s when given); blocks the caller's thread."""
         with self.lock:
-            num = self.engine.flush_prefix_cache()
+            num = self.engine.flush_prefix_cache(salt)
             self._snapshot = self.engine.stats()
         return num
 
@@ -132,7 +200,7 @@ class AsyncEngine:
         ids = self.engine.tokenize(prompt)
         async for _ in self.generate(request_id, ids, params, salt, len(ids) if public else 0, pin=True):
             pass
-        return (len(ids) // self.engine.config.block_size) * self.engine.config.block_size
+        return (len(ids) // self.block_size) * self.block_size
 
     async def get_stats(self) -> EngineStats:
         return await asyncio.to_thread(self.stats)
@@ -143,19 +211,32 @@ class AsyncEngine:
             self._drain_commands()
             if not self.engine.has_unfinished():
                 self._refresh()
-                self._wake.wait(0.05)
-                self._wake.clear()
+                self._idle()
                 continue
+            steps = self.engine.num_steps
             try:
                 with self.lock:
                     outputs = self.engine.step()
                     self._snapshot = self.engine.stats()
             except Exception as exc:  # keep serving: fail the live requests, not the process
                 log.exception("engine step failed")
-                self._fail_all(EngineDeadError(f"engine step failed: {exc}"))
+                self._fault(exc)
                 continue
             self._dispatch(outputs)
+            if self.engine.num_steps == steps and not outputs:
+                self._idle()  # work that cannot be scheduled now: wait for a change, do not spin
         self._fail_all(EngineDeadError("engine is shutting down"))
+
+    def _idle(self) -> None:
+        self._wake.wait(IDLE_WAIT_S)
+        self._wake.clear()
+
+    def _fault(self, exc: Exception) -> None:
+        """An engine fault: end every live request, drop the cached KV, count it for health()."""
+        self.num_faults += 1
+        self.last_fault = f"{type(exc).__name__}: {exc}"
+        self._fault_times.append(time.monotonic())
+        self._fail_all(EngineDeadError(f"engine step failed: {exc}"))
 
     def _drain_commands(self) -> None:
         while True:
@@ -163,22 +244,24 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command[0] == "add":
-                self._add(*command[1:])
+            if isinstance(command, _Add):
+                self._add(command)
             else:
                 with self.lock:
                     out = self.engine.abort(command[1])
                 if out is not None:
                     self._dispatch([out])
 
-    def _add(self, request_id, prompt, params, salt, public_prefix_len, pin) -> None:
-        if request_id not in self._streams:
+    def _add(self, cmd: _Add) -> None:
+        if cmd.request_id not in self._streams:
             return  # the caller gave up before the request reached the engine
         try:
             with self.lock:
-                self.engine.add_request(request_id, prompt, params, salt, public_prefix_len, pin)
+                self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, cmd.salt,
+                                        cmd.public_prefix_len, cmd.pin, group=cmd.group,
+                                        weight=cmd.weight, deadline=cmd.deadline)
         except Exception as exc:
-            self._deliver(request_id, exc)
+            self._deliver(cmd.request_id, exc)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
@@ -191,7 +274,7 @@ class AsyncEngine:
 
     def _fail_all(self, exc: Exception) -> None:
         with self.lock:
-            for request_id in list(self.engine.requests):
-                self.engine.abort(request_id)
+            self.engine.reset_after_fault()
+            self._snapshot = self.engine.stats()
         for request_id in list(self._streams):
             self._deliver(request_id, exc)

@@ -4,8 +4,15 @@ A full block is named by a hash chained from its parent's hash, its token ids an
 prefixes (same salt) map to the same physical block, shared by reference count. A block whose count
 drops to zero keeps its contents and its name in an LRU list; a later hit revives it in O(1).
 Allocation takes never-named free blocks first and evicts the least recently used cached block only
-when none is left. Every hit is verified against the stored token ids, so a collision of the hash
-could never serve the wrong KV.
+when none is left.
+
+The hash only finds a candidate; a hit is served after checking what names it: the block's own token
+ids, its salt, and its parent, the very physical block (at the same generation) that the hit just
+before it resolved to. By induction a served prefix holds exactly the KV of the same tokens under the
+same salt, so a collision of the hash can never serve wrong KV. A block is named only when its parent
+is itself the named block, and eviction bumps a block's generation, which unlinks its cached children.
+Hits taken earlier (the scheduler looks a queue up once per step) are re-checked the same way at the
+moment they are attached, since an admission in between may have evicted them.
 
 Counts: used = referenced; cached = unreferenced with a name; free = neither.
 """
@@ -25,6 +32,10 @@ class Block:
     ref_count: int = 0
     block_hash: bytes | None = None
     token_ids: tuple[int, ...] = ()
+    salt: str = ""
+    parent_id: int | None = None  # the physical block before this one when it was named
+    parent_generation: int = 0  # that parent's generation then
+    generation: int = 0  # bumped whenever the block loses its name (evicted, flushed)
     pinned: bool = False
 
 
@@ -110,21 +121,41 @@ class BlockManager:
             return []
         self.compute_hashes(seq, seq.num_tokens - 1)
         hits: list[int] = []
-        for i, h in enumerate(seq.block_hashes):
-            if (i + 1) * self.block_size > seq.num_tokens - 1:
-                break
-            block_id = self.hash_to_block.get(h)
-            if block_id is None or not self._tokens_match(block_id, seq, i):
+        for i in range(self._num_hashable_blocks(seq)):
+            block_id = self.hash_to_block.get(seq.block_hashes[i])
+            if block_id is None or not self._is_hit(block_id, seq, i, hits[-1] if hits else None):
                 break
             hits.append(block_id)
         return hits
 
-    def _tokens_match(self, block_id: int, seq: Sequence, index: int) -> bool:
-        bs = self.block_size
-        return self.blocks[block_id].token_ids == tuple(seq.token_ids[index * bs:(index + 1) * bs])
+    def revalidate(self, seq: Sequence, hits: list[int]) -> list[int]:
+        """The leading part of an earlier lookup that still holds: an admission since may have evicted."""
+        for i, block_id in enumerate(hits):
+            if not self._is_hit(block_id, seq, i, hits[i - 1] if i else None):
+                return hits[:i]
+        return hits
+
+    def _num_hashable_blocks(self, seq: Sequence) -> int:
+        return min(len(seq.block_hashes), (seq.num_tokens - 1) // self.block_size)
+
+    def _is_hit(self, block_id: int, seq: Sequence, index: int, parent_id: int | None) -> bool:
+        """Whether block_id holds the KV of seq's block `index`, given its parent resolved to parent_id."""
+        block, bs = self.blocks[block_id], self.block_size
+        if block.block_hash != seq.block_hashes[index] or block.parent_id != parent_id:
+            return False
+        if parent_id is not None and self.blocks[parent_id].generation != block.parent_generation:
+            return False
+        return (block.salt == seq.salt_for_block(index, bs)
+                and block.token_ids == tuple(seq.token_ids[index * bs:(index + 1) * bs]))
 
     def num_cached_prefix_tokens(self, seq: Sequence) -> int:
         return len(self.lookup_prefix(seq)) * self.block_size
+
+    def can_ever_hold(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether num_tokens of seq would fit with nothing else live: pinned blocks never move, but
+        seq may share the pinned ones its prefix hits."""
+        pinned_hits = sum(1 for b in self.lookup_prefix(seq) if self.blocks[b].pinned)
+        return self.blocks_needed(num_tokens) <= self.num_blocks - len(self.pinned_ids) + pinned_hits
 
     # --- allocation ---------------------------------------------------------------------------
     def can_admit(self, seq: Sequence, cached: list[int], num_new_tokens: int) -> bool:
@@ -138,16 +169,18 @@ class BlockManager:
         need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
         return need <= self.num_available_blocks
 
-    def allocate_prefix(self, seq: Sequence, cached: list[int]) -> None:
-        """Attach prefix hits to a sequence that holds no blocks yet."""
+    def allocate_prefix(self, seq: Sequence, cached: list[int]) -> int:
+        """Attach still-valid prefix hits to a blockless sequence; returns the tokens they cover."""
         assert not seq.block_table and seq.num_computed_tokens == 0
+        assert self.revalidate(seq, cached) == cached, "attach only hits re-checked this moment"
         for block_id in cached:
             self._ref(block_id)
             seq.block_table.append(block_id)
-        seq.num_computed_tokens = len(cached) * self.block_size
+        num_tokens = len(cached) * self.block_size
         if self.enable_prefix_caching:
             self.num_query_tokens += seq.num_tokens
-            self.num_hit_tokens += seq.num_computed_tokens
+            self.num_hit_tokens += num_tokens
+        return num_tokens
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> None:
         """Grow seq's block table to hold num_computed_tokens + num_new_tokens tokens."""
@@ -166,26 +199,46 @@ class BlockManager:
             block = self.blocks[seq.block_table[i]]
             if block.block_hash is not None:
                 continue
-            h = seq.block_hashes[i]
-            if h in self.hash_to_block:  # computed twice concurrently: keep the first, this stays private
-                continue
-            block.block_hash = h
-            block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
-            self.hash_to_block[h] = block.block_id
+            parent_id = seq.block_table[i - 1] if i else None
+            if parent_id is not None and self.blocks[parent_id].block_hash != seq.block_hashes[i - 1]:
+                return  # the parent stayed private: children of a private block stay private too
+            if not self._claim_name(seq.block_hashes[i], seq, i, parent_id):
+                return  # computed twice concurrently: the first keeps the name, this stays private
+            self._name(block, seq, i, parent_id)
+
+    def _claim_name(self, h: bytes, seq: Sequence, index: int, parent_id: int | None) -> bool:
+        """Whether h is free for this block: unused, or held by a stale block (its parent evicted)."""
+        holder = self.hash_to_block.get(h)
+        if holder is None:
+            return True
+        if self._is_hit(holder, seq, index, parent_id) or self.blocks[holder].ref_count > 0:
+            return False
+        del self.cached_lru[holder]  # unreachable for good: its parent's name is gone
+        self._forget(self.blocks[holder])
+        self.free_ids.append(holder)
+        return True
+
+    def _name(self, block: Block, seq: Sequence, index: int, parent_id: int | None) -> None:
+        bs = self.block_size
+        block.block_hash = seq.block_hashes[index]
+        block.token_ids = tuple(seq.token_ids[index * bs:(index + 1) * bs])
+        block.salt = seq.salt_for_block(index, bs)
+        block.parent_id = parent_id
+        block.parent_generation = self.blocks[parent_id].generation if parent_id is not None else 0
+        self.hash_to_block[block.block_hash] = block.block_id
 
     def free(self, seq: Sequence) -> None:
         """Drop seq's references (last block first, so a prefix's tail is evicted before its head)."""
         for block_id in reversed(seq.block_table):
             self._unref(block_id)
         seq.block_table.clear()
-        seq.num_computed_tokens = 0
 
     # --- operator actions ---------------------------------------------------------------------
-    def flush(self) -> int:
-        """Forget every unreferenced cached prefix; returns how many blocks were freed."""
+    def flush(self, salt: str | None = None) -> int:
+        """Forget unreferenced cached prefixes (only those under `salt` when given); returns blocks freed."""
         num = 0
         for block_id in list(self.cached_lru):
-            if self.blocks[block_id].pinned:
+            if salt is not None and self.blocks[block_id].salt != salt:
                 continue
             del self.cached_lru[block_id]
             self._forget(self.blocks[block_id])
@@ -250,7 +303,8 @@ class BlockManager:
     def _forget(self, block: Block) -> None:
         if block.block_hash is not None and self.hash_to_block.get(block.block_hash) == block.block_id:
             del self.hash_to_block[block.block_hash]
-        block.block_hash, block.token_ids = None, ()
+        block.block_hash, block.token_ids, block.salt, block.parent_id = None, (), "", None
+        block.generation += 1
 
     def check_invariants(self) -> None:
         """Every block is exactly one of used / cached / free; counts agree (used by tests)."""
@@ -263,3 +317,19 @@ class BlockManager:
         assert len(set(self.free_ids)) == len(self.free_ids)
         for h, b in self.hash_to_block.items():
             assert self.blocks[b].block_hash == h
+
+    def check_sharing(self, seqs: list[Sequence]) -> None:
+        """No physical block is held by two sequences unless both reached it through its name."""
+        holders: dict[int, list[tuple[Sequence, int]]] = {}
+        for seq in seqs:
+            for i, block_id in enumerate(seq.block_table):
+                holders.setdefault(block_id, []).append((seq, i))
+        for block_id, held in holders.items():
+            if len(held) == 1:
+                continue
+            name = self.blocks[block_id].block_hash
+            for seq, i in held:
+                assert name is not None and i < len(seq.block_hashes) and seq.block_hashes[i] == name, (
+                    f"block {block_id} is shared by {[s.request_id for s, _ in held]} but "
+                    f"{seq.request_id} did not reach it by its name")
+            assert self.blocks[block_id].ref_count >= len(held)

@@ -1,9 +1,18 @@
-"""The synchronous engine: add requests, step, read outputs. One thread drives it (see async_engine)."""
+"""The synchronous engine: add requests, step, read outputs. One thread drives it (see async_engine).
+
+One request never fails the others. Whatever can be checked up front is refused in add_request.
+In the step, work that belongs to one sequence (its forward pass, its sampling, its detokenizing)
+that raises fails that sequence alone, with finish_reason "error"; the rest of the batch goes on.
+Only when every sequence fails on its own too is it an engine fault, raised to the caller.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+
+import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
@@ -13,7 +22,7 @@ from engine.model_runner import ModelRunner
 from engine.outputs import EngineStats, RequestOutput, Usage
 from engine.sampler import Sampler
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.tokenizer import Tokenizer
 
@@ -36,6 +45,7 @@ class LLMEngine:
         self.runner = ModelRunner(config, ckpt)
         del ckpt  # the runner holds its own copy of the weights
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
+        self.model_vocab_size = self.model_config.vocab_size
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
@@ -53,29 +63,54 @@ class LLMEngine:
         return list(prompt)
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    salt: str = "", public_prefix_len: int = 0, pin: bool = False) -> Sequence:
+                    salt: str = "", public_prefix_len: int = 0, pin: bool = False, *,
+                    group: str | None = None, weight: float = 1.0,
+                    deadline: float | None = None) -> Sequence:
         """Queue a request. `salt` namespaces its prefix-cache blocks (the tenant); the first
         `public_prefix_len` tokens are shared across all salts instead (e.g. a common system prompt).
-        `pin` keeps the prompt's full blocks cached until unpin_all (never evicted, never flushed)."""
+        `pin` keeps the prompt's full blocks cached until unpin_all (never evicted, never flushed).
+        `group` and `weight` give its fair share (default group: the salt); past `deadline`
+        (time.monotonic()) it ends with finish_reason "timeout"."""
         ids = self.tokenize(prompt)
-        self.validate(request_id, ids, params)
+        self.validate(request_id, ids, params, weight)
         seq = Sequence(request_id, ids, len(ids), params, salt=salt,
-                       public_prefix_len=max(0, min(public_prefix_len, len(ids))))
+                       public_prefix_len=max(0, min(public_prefix_len, len(ids))),
+                       group=salt if group is None else group, weight=weight, deadline=deadline)
+        if not self.block_manager.can_ever_hold(seq, len(ids) + params.max_tokens):
+            raise InvalidRequestError(
+                f"the request needs {len(ids) + params.max_tokens} tokens of KV cache but only "
+                f"{self._unpinned_tokens()} are not pinned; reduce the prompt or max_tokens, or unpin "
+                "prefixes", "messages", "context_length_exceeded")
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.include_stop_str_in_output)
         self.requests[request_id] = Request(seq, detok, pin=pin)
         self.scheduler.add(seq)
         return seq
 
-    def validate(self, request_id: str, ids: list[int], params: SamplingParams) -> None:
+    @property
+    def context_limit(self) -> int:
+        """Prompt plus completion tokens one request may use: the model's context or the KV pool."""
+        return min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
+
+    def _unpinned_tokens(self) -> int:
+        bm = self.block_manager
+        return (bm.num_blocks - bm.num_pinned_blocks()) * bm.block_size
+
+    def validate(self, request_id: str, ids: list[int], params: SamplingParams,
+                 weight: float = 1.0) -> None:
         params.validate()
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
-        vocab = self.model_config.vocab_size
+        vocab = self.model_vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        limit = min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise InvalidRequestError(f"stop_token_ids must be in [0, {vocab})", "stop_token_ids")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                weight > 0 and math.isfinite(weight)):
+            raise InvalidRequestError("weight must be a positive finite number", "weight")
+        limit = self.context_limit
         if len(ids) + params.max_tokens > limit:
             raise InvalidRequestError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -98,19 +133,91 @@ class LLMEngine:
 
     # --- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """One scheduled step. Also ends requests past their deadline and those that can never fit."""
+        outputs = self._expire_deadlines()
         batch = self.scheduler.schedule()
+        outputs += [self._fail(seq, "the request can never be scheduled: it needs more KV blocks than "
+                                    "are not pinned") for seq in batch.unschedulable]
         if batch.is_empty:
-            return []
-        logits, sample_seqs = self.runner.execute(batch)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            self.num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
-            seq.num_computed_tokens += n
-            self.block_manager.commit_full_blocks(seq)
+            return outputs
+        batch, logits, sample_seqs, failed = self._execute(batch)
+        outputs += [self._fail(seq, f"the request failed in the model: {exc}") for seq, exc in failed]
+        self.num_prompt_tokens += self.scheduler.postprocess(batch)
         self.num_steps += 1
-        if not sample_seqs:
+        for seq, token in zip(sample_seqs, self._sample(logits, sample_seqs), strict=True):
+            if isinstance(token, Exception):
+                outputs.append(self._fail(seq, f"sampling failed for this request: {token}"))
+            else:
+                outputs.append(self._append_or_fail(seq, token))
+        return outputs
+
+    def _execute(self, batch: ScheduledBatch):
+        """Run the model; when the batch raises, run each sequence alone to find the culprits.
+
+        Running a sequence again writes the same KV slots with the same values, so the retry is safe.
+        When every sequence fails alone too, the fault is the engine's: it is raised.
+        """
+        try:
+            logits, sample_seqs = self.runner.execute(batch)
+            return batch, logits, sample_seqs, []
+        except Exception:
+            if len(batch.seqs) == 1:
+                raise
+        rows, sample_seqs, failed = [], [], []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            try:
+                logits, sampled = self.runner.execute(
+                    ScheduledBatch([seq], [n], int(i < batch.num_decodes)))
+            except Exception as exc:
+                failed.append((seq, exc))
+                continue
+            if sampled:
+                rows.append(logits)
+                sample_seqs += sampled
+        if len(failed) == len(batch.seqs):
+            raise failed[0][1]
+        logits = torch.cat(rows) if rows else torch.empty(0)
+        return batch.without([s for s, _ in failed]), logits, sample_seqs, failed
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
+        """One token per sequence; a sequence whose sampling raises gets its exception instead."""
+        if not seqs:
             return []
-        tokens = self.sampler(logits, sample_seqs, self.tokenizer.eos_token_ids)
-        return [self._append(seq, tok) for seq, tok in zip(sample_seqs, tokens, strict=True)]
+        eos = self.tokenizer.eos_token_ids
+        try:
+            return self.sampler(logits, seqs, eos)
+        except Exception:
+            pass
+        tokens: list[int | Exception] = []
+        for i, seq in enumerate(seqs):
+            try:
+                tokens.append(self.sampler(logits[i:i + 1], [seq], eos)[0])
+            except Exception as exc:
+                tokens.append(exc)
+        return tokens
+
+    def _append_or_fail(self, seq: Sequence, token: int) -> RequestOutput:
+        try:
+            return self._append(seq, token)
+        except Exception as exc:
+            return self._fail(seq, f"the request failed while decoding its output: {exc}")
+
+    def _fail(self, seq: Sequence, message: str) -> RequestOutput:
+        """End one request with finish_reason "error"; the others are not touched."""
+        self._finish(self.requests[seq.request_id], "error")
+        return RequestOutput(seq.request_id, "", [], True, "error", self._usage(seq), error=message)
+
+    def _expire_deadlines(self) -> list[RequestOutput]:
+        now = time.monotonic()
+        late = [r for r in self.requests.values() if r.seq.deadline is not None and now >= r.seq.deadline]
+        return [self._end_early(r, "timeout") for r in late]
+
+    def _end_early(self, req: Request, reason: str) -> RequestOutput:
+        """Finish a request before its natural end, handing out the text it still held back."""
+        req.detok.flush()
+        text = req.detok.take_delta(finished=True)
+        self._finish(req, reason)
+        return RequestOutput(req.seq.request_id, text, [], True, reason, self._usage(req.seq))
 
     def _append(self, seq: Sequence, token: int) -> RequestOutput:
         req = self.requests[seq.request_id]
@@ -145,7 +252,7 @@ class LLMEngine:
 
     def _finish(self, req: Request, reason: str) -> None:
         req.seq.finish_reason = reason
-        if req.pin:
+        if req.pin and reason in ("stop", "length"):
             self.block_manager.pin(req.seq)
         self.scheduler.remove(req.seq)
         self.sampler.forget(req.seq.request_id)
@@ -178,9 +285,17 @@ class LLMEngine:
         self.scheduler = Scheduler(c, self.block_manager)
 
     # --- operator actions and stats ----------------------------------------------------------
-    def flush_prefix_cache(self) -> int:
-        """Drop every unreferenced cached prefix (pinned ones stay); returns blocks freed."""
-        return self.block_manager.flush()
+    def flush_prefix_cache(self, salt: str | None = None) -> int:
+        """Drop unreferenced cached prefixes, only `salt`'s when given (pinned stay); returns blocks freed."""
+        return self.block_manager.flush(salt)
+
+    def reset_after_fault(self) -> list[str]:
+        """After an engine fault: end every request and drop the cached KV; returns the ids ended."""
+        ids = list(self.requests)
+        for request_id in ids:
+            self.abort(request_id)
+        self.block_manager.flush()
+        return ids
 
     def unpin_all(self) -> int:
         return self.block_manager.unpin_all()

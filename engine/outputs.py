@@ -24,10 +24,12 @@ class RequestOutput:
     text_delta: str
     token_ids: list[int]
     finished: bool
-    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
+    # "stop" | "length" | "abort" | "timeout" (deadline) | "error" (this request failed) | None
+    finish_reason: str | None
     usage: Usage
     # Time the request spent queued before its first scheduled step, filled on the first output.
     queue_time_s: float | None = None
+    error: str | None = None  # why, when finish_reason is "error"
 
 
 @dataclass(slots=True)

@@ -1,9 +1,15 @@
 """Continuous batching: every step fills a token budget from running decodes, then prefill chunks.
 
 Order within a step: running sequences that decode (one token each), then running sequences that are
-part-way through a chunked prefill, then waiting sequences (cache-aware pick). When blocks run out, the
-newest running sequence is preempted: its blocks are freed and it is recomputed later from its tokens
-(prompt plus what it had generated), so its output is unchanged.
+part-way through a chunked prefill, then waiting sequences. Waiting sequences are admitted fairly
+across groups (tenants, see fairness.py); within a group the longest cached prefix goes first, or
+arrival order once the group's oldest request has waited long. When blocks run out, the newest
+running sequence is preempted: its blocks are freed and it is recomputed later from its tokens
+(prompt plus what it had generated), so its output is unchanged. A sequence that cannot fit even
+alone (pinned blocks took the room) is handed back as unschedulable instead of looping forever.
+
+The scheduler owns each sequence's progress: it alone writes num_computed_tokens (on admission,
+after each step in postprocess, and on preemption).
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.fairness import FairShare
 from engine.sequence import Sequence, SequenceStatus
 
-# Beyond this many waiting requests the pick is plain FCFS (scoring the queue would cost too much).
+# Per group, at most this many waiting requests are scored by cache hits each step (the rest wait).
 CACHE_AWARE_QUEUE_LIMIT = 64
-# A waiting request older than this is taken next whatever its cache hits, so none starves.
+# Once a group's oldest waiting request is older than this, the group is served in arrival order.
 MAX_WAIT_BEFORE_FCFS_S = 2.0
 
 
@@ -28,6 +35,7 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)
     num_decodes: int = 0  # the first num_decodes entries schedule exactly one token
     preempted: list[Sequence] = field(default_factory=list)
+    unschedulable: list[Sequence] = field(default_factory=list)  # can never fit: the engine fails them
 
     @property
     def num_tokens(self) -> int:
@@ -37,6 +45,20 @@ class ScheduledBatch:
     def is_empty(self) -> bool:
         return not self.seqs
 
+    def without(self, dropped: list[Sequence]) -> ScheduledBatch:
+        """The same batch less some sequences (their entries removed, decodes still first)."""
+        pairs = enumerate(zip(self.seqs, self.num_new_tokens, strict=True))
+        keep = [(s, n, i < self.num_decodes) for i, (s, n) in pairs if s not in dropped]
+        return ScheduledBatch([s for s, _, _ in keep], [n for _, n, _ in keep], sum(d for *_, d in keep),
+                              self.preempted, self.unschedulable)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    seq: Sequence
+    hits: list[int]
+    rank: tuple  # order within its group
+
 
 class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
@@ -45,6 +67,7 @@ class Scheduler:
         self.bm = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.fair = FairShare()
         self.num_preemptions = 0
 
     @property
@@ -60,17 +83,26 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
+        self.fair.activate(seq.group)
         self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
         """Take a finished or aborted sequence out and release its blocks at once."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.bm.free(seq)
+        self._release(seq)
         seq.status = SequenceStatus.FINISHED
+        self.fair.deactivate(seq.group)
 
+    def _release(self, seq: Sequence) -> None:
+        self.bm.free(seq)
+        seq.num_computed_tokens = 0
+
+    # --- one step --------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self._schedule_running(batch, self.max_num_batched_tokens)
@@ -78,6 +110,15 @@ class Scheduler:
             self._schedule_waiting(batch, budget)
         assert batch.num_tokens <= self.max_num_batched_tokens
         return batch
+
+    def postprocess(self, batch: ScheduledBatch) -> int:
+        """After the model ran: advance progress, name the blocks filled; returns prompt tokens computed."""
+        num_prompt_tokens = 0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
+            seq.num_computed_tokens += n
+            self.bm.commit_full_blocks(seq)
+        return num_prompt_tokens
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
         decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
@@ -101,12 +142,21 @@ class Scheduler:
             room = (len(seq.block_table) + self.bm.num_available_blocks) * self.bm.block_size
             if room - seq.num_computed_tokens >= 1 and n > 1:
                 return room - seq.num_computed_tokens
+            if self.running == [seq]:  # alone and still no room: it can never fit
+                self._give_up(seq, batch)
+                return 0
             victim = self._pick_victim(seq, batch)
             self._preempt(victim)
             batch.preempted.append(victim)
             if victim is seq:
                 return 0
         return n
+
+    def _give_up(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.status = SequenceStatus.WAITING  # the engine finishes it as unschedulable
+        batch.unschedulable.append(seq)
 
     def _pick_victim(self, seq: Sequence, batch: ScheduledBatch) -> Sequence:
         """The newest running sequence not already given tokens this step (else seq itself)."""
@@ -118,31 +168,39 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.bm.free(seq)
+        self._release(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
+    # --- admissions ------------------------------------------------------------------------------
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         if not self.waiting:
             return
         inflight = self._inflight_hashes()
-        for seq, cached in self._waiting_order():
-            if budget == 0 or len(self.running) >= self.max_num_seqs:
-                return
-            if self._waits_for_inflight(seq, cached, inflight):
+        candidates = self._candidates()
+        while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
+            cand = min(candidates, key=lambda c: (self.fair.counter(c.seq.group), c.rank))
+            candidates.remove(cand)
+            seq = cand.seq
+            hits = self.bm.revalidate(seq, cand.hits)  # an admission this step may have evicted some
+            if self._waits_for_inflight(seq, hits, inflight):
                 continue  # another request is computing this prefix right now: reuse it next step
-            n = min(seq.num_tokens - len(cached) * self.bm.block_size, budget)
-            if not self.bm.can_admit(seq, cached, n):
-                return
-            self._admit(seq, cached, n, batch)
-            inflight.update(seq.block_hashes[len(cached):])
+            n = min(seq.num_tokens - len(hits) * self.bm.block_size, budget)
+            if not self.bm.can_admit(seq, hits, n):
+                if not self.running:  # nothing holds blocks but pins: it will never fit
+                    self.waiting.remove(seq)
+                    batch.unschedulable.append(seq)
+                    continue
+                return  # head-of-line: do not let smaller requests starve a large one
+            self._admit(seq, hits, n, batch)
+            inflight.update(seq.block_hashes[len(hits):])
             budget -= n
 
-    def _admit(self, seq: Sequence, cached: list[int], n: int, batch: ScheduledBatch) -> None:
+    def _admit(self, seq: Sequence, hits: list[int], n: int, batch: ScheduledBatch) -> None:
         self.waiting.remove(seq)
-        self.bm.allocate_prefix(seq, cached)
+        seq.num_computed_tokens = self.bm.allocate_prefix(seq, hits)
         if seq.num_preemptions == 0:
             seq.num_cached_tokens = seq.num_computed_tokens
         self.bm.allocate_slots(seq, n)
@@ -152,14 +210,22 @@ class Scheduler:
         self.running.append(seq)
         self._add_to_batch(batch, seq, n)
 
-    def _waiting_order(self) -> list[tuple[Sequence, list[int]]]:
-        """Longest cached prefix first; plain FCFS for a long queue or when the head has waited long."""
-        head = self.waiting[0]
-        aged = time.monotonic() - head.arrival_time > MAX_WAIT_BEFORE_FCFS_S
-        if aged or head.num_preemptions or len(self.waiting) > CACHE_AWARE_QUEUE_LIMIT:
-            return [(seq, self.bm.lookup_prefix(seq)) for seq in list(self.waiting)]
-        scored = [(seq, self.bm.lookup_prefix(seq)) for seq in self.waiting]
-        return sorted(scored, key=lambda sc: -len(sc[1]))  # stable: FCFS among equals
+    def _candidates(self) -> list[_Candidate]:
+        """Per group, its first waiting requests with their cache hits and their rank in the group."""
+        by_group: dict[str, list[Sequence]] = {}
+        for seq in self.waiting:
+            queue = by_group.setdefault(seq.group, [])
+            if len(queue) < CACHE_AWARE_QUEUE_LIMIT:
+                queue.append(seq)
+        now = time.monotonic()
+        out = []
+        for queue in by_group.values():
+            head = queue[0]
+            fcfs = head.num_preemptions > 0 or now - head.arrival_time > MAX_WAIT_BEFORE_FCFS_S
+            for i, seq in enumerate(queue):
+                hits = self.bm.lookup_prefix(seq)
+                out.append(_Candidate(seq, hits, (i,) if fcfs else (-len(hits), i)))
+        return out
 
     def _inflight_hashes(self) -> set[bytes]:
         """Names of prompt blocks that running sequences are still computing."""
@@ -172,15 +238,15 @@ class Scheduler:
                 names.update(seq.block_hashes[seq.num_computed_tokens // self.bm.block_size:])
         return names
 
-    def _waits_for_inflight(self, seq: Sequence, cached: list[int], inflight: set[bytes]) -> bool:
+    def _waits_for_inflight(self, seq: Sequence, hits: list[int], inflight: set[bytes]) -> bool:
         """Whether seq's next uncached full block is one a running request is computing now."""
-        nxt = len(cached)
+        nxt = len(hits)
         if nxt >= len(seq.block_hashes) or (nxt + 1) * self.bm.block_size >= seq.num_tokens:
             return False
         return seq.block_hashes[nxt] in inflight
 
-    @staticmethod
-    def _add_to_batch(batch: ScheduledBatch, seq: Sequence, n: int) -> None:
+    def _add_to_batch(self, batch: ScheduledBatch, seq: Sequence, n: int) -> None:
+        self.fair.charge(seq.group, n, seq.weight)
         if n == 1:  # keep decodes at the head of the flattened batch
             batch.seqs.insert(batch.num_decodes, seq)
             batch.num_new_tokens.insert(batch.num_decodes, 1)
@@ -188,3 +254,10 @@ class Scheduler:
         else:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
+
+    def check_invariants(self) -> None:
+        """Block accounting holds and no block is shared except by name (tests call it every step)."""
+        self.bm.check_invariants()
+        self.bm.check_sharing(self.running)
+        assert all(s.status is SequenceStatus.WAITING and not s.block_table for s in self.waiting)
+        assert sum(self.fair.num_live.values()) == len(self.waiting) + len(self.running)

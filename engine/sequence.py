@@ -23,6 +23,9 @@ class Sequence:
     params: SamplingParams
     salt: str = ""  # prefix-cache namespace (the tenant); "" is the public namespace
     public_prefix_len: int = 0  # leading tokens the caller marked shareable across salts
+    group: str = ""  # fair-scheduling group (the tenant); see fairness.py
+    weight: float = 1.0  # the group's share relative to other groups
+    deadline: float | None = None  # time.monotonic() after which the request ends as "timeout"
     arrival_time: float = field(default_factory=time.monotonic)
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)

@@ -72,9 +72,13 @@ def test_min_tokens_holds(engine):
 def test_streamed_deltas_add_up(engine):
     ids = chat(engine, "Say hello in Japanese, Chinese and with an emoji.")
     engine.add_request("s", ids, greedy(40))
-    deltas = []
+    deltas, tokens = [], []
     while engine.has_unfinished():
-        deltas += [o.text_delta for o in engine.step()]
+        for out in engine.step():
+            deltas.append(out.text_delta)
+            tokens += out.token_ids
     text = "".join(deltas)
-    assert "\ufffd" not in text
-    assert text == engine.tokenizer.decode(engine.generate([ids], greedy(40))[0].token_ids)
+    assert "\ufffd" not in text and len(tokens) > 10
+    # The same run's tokens, not a second run: a second greedy run may take the prefix cache and can
+    # differ at a numeric near-tie of the top-2 logits, which no engine promises to break the same way.
+    assert text == engine.tokenizer.decode(tokens)
