@@ -24,6 +24,7 @@ from tui.poller import PollResult, poll_once
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
+from tui.screens.tenant_limits import TenantLimitsScreen, TenantUpdate, describe
 from tui.stats import CollectionRow
 from tui.widgets.admission_panel import AdmissionPanel
 from tui.widgets.collections_table import CollectionsTable
@@ -34,7 +35,7 @@ from tui.widgets.tenants_table import TenantsTable
 from tui.widgets.throughput_panel import ThroughputPanel
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "help"}
+MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "help"}
 
 
 class DashboardApp(App[None]):
@@ -47,16 +48,17 @@ class DashboardApp(App[None]):
         Binding("f", "flush", "Flush cache"),
         Binding("p", "toggle_admission", "Pause/resume"),
         Binding("k", "new_key", "New key"),
+        Binding("e", "edit_tenant", "Edit tenant", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
 
     def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, poll_interval_s: float = 1.0,
-                 autopoll: bool = True) -> None:
+                 autopoll: bool = True, ca_cert: str | None = None) -> None:
         """`autopoll=False` leaves polling to the caller (`refresh_now()`): tests use it for
-        screenshots that do not depend on timing."""
+        screenshots that do not depend on timing. `ca_cert` verifies an https server (see the client)."""
         super().__init__()
-        self.client = ApplianceClient(url, api_key)
+        self.client = ApplianceClient(url, api_key, ca_cert=ca_cert)
         self.poll_interval_s = poll_interval_s
         self.autopoll = autopoll
         self.latency = LatencyWindow()
@@ -251,6 +253,25 @@ class DashboardApp(App[None]):
 
     def action_new_key(self) -> None:
         self.push_screen(NewKeyScreen(self.client), self._key_created)
+
+    def on_data_table_row_selected(self, event: TenantsTable.RowSelected) -> None:
+        """enter on a tenant's row edits it (enter on a collection's row does nothing)."""
+        if isinstance(event.data_table, TenantsTable):
+            self.action_edit_tenant()
+
+    def action_edit_tenant(self) -> None:
+        name = self.query_one(TenantsTable).highlighted_key
+        rows = {row.name: row for row in (self.last_poll.tenants or [])} if self.last_poll else {}
+        row = rows.get(name or "")
+        if row is None or not row.settings:
+            self.report_error("no tenant to edit: highlight one in the tenants table (tab moves there)")
+            return
+        self.push_screen(TenantLimitsScreen(self.client, row.name, row.settings), self._tenant_updated)
+
+    def _tenant_updated(self, update: TenantUpdate | None) -> None:
+        if update is not None:
+            self.confirm(describe(update))
+            self.poll()
 
     def _key_created(self, new_key: NewKey | None) -> None:
         if new_key is None:

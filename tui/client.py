@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -21,11 +22,13 @@ UNREACHABLE, TIMEOUT = "unreachable", "timeout"  # ApiError codes when no HTTP a
 class ApiError(Exception):
     """A request that did not succeed; `status` is the HTTP status, or None when no answer came."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.param = param  # the request field the server refused, when it names one
 
     @property
     def is_connection_error(self) -> bool:
@@ -56,15 +59,21 @@ class UploadResult:
 class ApplianceClient:
     """One aiohttp session per dashboard; open() and close() bracket its life on the app's loop."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float = POLL_TIMEOUT_S) -> None:
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float = POLL_TIMEOUT_S,
+                 ca_cert: str | None = None) -> None:
+        """`ca_cert`: a PEM file of the CA (or the self-signed certificate) an https server is
+        verified against, instead of the system's trusted CAs."""
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._ssl = ssl.create_default_context(cafile=ca_cert) if ca_cert else True
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            connector = aiohttp.TCPConnector(ssl=self._ssl)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
+                                                  connector=connector)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -104,6 +113,10 @@ class ApplianceClient:
     async def create_tenant(self, name: str) -> dict:
         return await self._json("POST", "/admin/tenants", json={"name": name})
 
+    async def update_tenant(self, name: str, fields: dict) -> dict:
+        """PATCH the tenant's limits and weight (None sends null: back to the server's default)."""
+        return await self._json("PATCH", f"/admin/tenants/{quote(name, safe='')}", json=fields)
+
     async def create_key(self, tenant: str) -> str:
         body = await self._json("POST", "/admin/keys", json={"tenant": tenant, "role": "tenant"})
         return str(body["key"])
@@ -140,6 +153,10 @@ class ApplianceClient:
         try:
             async with self._session.request(method, self.base_url + path, **kwargs) as response:
                 return response.status, await response.text()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ApiError(f"cannot connect to {self.base_url}: its TLS certificate is not trusted "
+                           f"({exc.certificate_error.verify_message or 'verification failed'}; "
+                           "see --ca-cert)", code=UNREACHABLE) from None
         except aiohttp.ClientConnectorError as exc:
             raise ApiError(f"cannot connect to {self.base_url} ({_reason(exc)})", code=UNREACHABLE) from None
         except asyncio.TimeoutError:
@@ -166,11 +183,13 @@ def _status_error(status: int, body: object) -> ApiError:
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
     if status == 401:
         return ApiError(f"the API key was rejected (401): {message or 'unauthorized'}", status, code)
     if status == 403:
         return ApiError(f"this key may not use the admin API (403): {message or 'forbidden'}", status, code)
-    return ApiError(f"{message or 'request failed'} ({status})", status, code)
+    return ApiError(f"{message or 'request failed'} ({status})", status, code,
+                    param if isinstance(param, str) else None)
 
 
 def _reason(exc: aiohttp.ClientConnectorError) -> str:

@@ -6,6 +6,7 @@ the server validates again, and its refusals are shown the same way.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -32,6 +33,31 @@ def name_error(value: str, what: str) -> str | None:
     if not NAME_RE.fullmatch(value.strip()):
         return f"a {what} name is {NAME_RULE}"
     return None
+
+
+def limit_value(text: str) -> tuple[int | None, str | None]:
+    """A tenant limit typed as a whole number; empty = null (the default). Returns (value, error)."""
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    if not cleaned:
+        return None, None
+    try:
+        value = int(cleaned)
+    except ValueError:
+        return None, "enter a whole number, or leave it empty for the default"
+    if value < 0:
+        return None, "a limit cannot be negative"
+    return value, None
+
+
+def weight_value(text: str) -> tuple[float | None, str | None]:
+    """A scheduling weight: a positive number (the server also bounds it). Returns (value, error)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None, "enter a positive number, such as 1 or 2.5"
+    if not math.isfinite(value) or value <= 0:
+        return None, "the weight must be a positive number"
+    return value, None
 
 
 def find_files(text: str) -> tuple[list[LocalFile], str | None]:

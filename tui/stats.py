@@ -56,7 +56,11 @@ class AdmissionStats:
 
 @dataclass(slots=True, frozen=True)
 class TenantRow:
-    """One line of the tenants table: usage from /admin/stats joined with the quota of /admin/tenants."""
+    """One line of the tenants table: usage from /admin/stats joined with the limits of /admin/tenants.
+
+    `settings` is the tenant's entry of /admin/tenants (limits and weight; empty when the tenant is
+    known from its usage only, e.g. just deleted): the edit form starts from it.
+    """
 
     name: str
     requests: int = 0
@@ -65,6 +69,7 @@ class TenantRow:
     completion_tokens: int = 0
     tokens_today: int = 0
     token_quota_per_day: int | None = None
+    settings: dict = field(default_factory=dict, compare=False)
 
     @property
     def tokens(self) -> int:
@@ -158,13 +163,15 @@ def _parse_stats(doc: dict) -> StatsSnapshot:
 
 def tenant_rows(usage: dict[str, dict], tenants: list[dict]) -> list[TenantRow]:
     """Every known tenant (usage or not), by name; usage of a tenant /admin/tenants lacks still shows."""
-    quotas = {str(t["name"]): t.get("token_quota_per_day") for t in tenants if "name" in t}
+    known = {str(t["name"]): t for t in tenants if "name" in t}
     rows = []
-    for name in sorted(set(quotas) | set(usage)):
+    for name in sorted(set(known) | set(usage)):
         u = usage.get(name) or {}
+        settings = dict(known.get(name) or {})
         rows.append(TenantRow(name, int(u.get("requests") or 0), int(u.get("prompt_tokens") or 0),
                               int(u.get("cached_tokens") or 0), int(u.get("completion_tokens") or 0),
-                              int(u.get("tokens_today") or 0), quotas.get(name)))
+                              int(u.get("tokens_today") or 0), settings.get("token_quota_per_day"),
+                              settings))
     return rows
 
 

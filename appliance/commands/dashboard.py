@@ -1,4 +1,4 @@
-"""`appliance dashboard [--url] [--api-key]`: the Textual control panel for a running appliance.
+"""`appliance dashboard [--url] [--api-key] [--ca-cert]`: the Textual control panel for an appliance.
 
 The only place that imports tui/; the dashboard talks to the server over HTTP and needs an admin key.
 """
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None,
                    help="an admin key (APPLIANCE_API_KEY, else APPLIANCE_ADMIN_KEY)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    p.add_argument("--ca-cert", default=None,
+                   help="PEM file to verify an https server with (APPLIANCE_CA_CERT; e.g. its self-signed "
+                        "certificate)")
     p.set_defaults(func=run)
 
 
@@ -38,9 +41,24 @@ def resolve(args: argparse.Namespace) -> tuple[str, str, float]:
     return url, key, args.interval
 
 
+def ca_cert(args: argparse.Namespace) -> str | None:
+    """The CA file for an https server, checked to be a readable PEM file (UserError otherwise)."""
+    path = getattr(args, "ca_cert", None) or os.environ.get("APPLIANCE_CA_CERT") or None
+    if path is None:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"cannot use --ca-cert {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     url, key, interval = resolve(args)
+    ca = ca_cert(args)
     from tui.app import DashboardApp
 
-    DashboardApp(url, key, poll_interval_s=interval).run()
+    DashboardApp(url, key, poll_interval_s=interval, ca_cert=ca).run()
     return 0

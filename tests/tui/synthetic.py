@@ -30,11 +30,14 @@ TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 
 TTFT_PER_STEP = (0, 0, 0, 0, 1, 2, 4, 9, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # 20 requests per step
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 TPOT_PER_STEP = (0, 2, 9, 6, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+_DEFAULTS = {"max_concurrent_requests": None, "max_queued_tokens": None, "weight": 1.0}
 TENANTS = [
-    {"name": "acme", "token_quota_per_day": 2_000_000, "requests_per_minute": 600},
-    {"name": "admin", "token_quota_per_day": None, "requests_per_minute": None},
-    {"name": "globex", "token_quota_per_day": 500_000, "requests_per_minute": 120},
-    {"name": "initech", "token_quota_per_day": None, "requests_per_minute": None},
+    {"name": "acme", "token_quota_per_day": 2_000_000, "requests_per_minute": 600, **_DEFAULTS,
+     "weight": 2.0},
+    {"name": "admin", "token_quota_per_day": None, "requests_per_minute": None, **_DEFAULTS},
+    {"name": "globex", "token_quota_per_day": 500_000, "requests_per_minute": 120, **_DEFAULTS,
+     "max_concurrent_requests": 8},
+    {"name": "initech", "token_quota_per_day": None, "requests_per_minute": None, **_DEFAULTS},
 ]
 USAGE = {
     "acme": {"requests": 1842, "prompt_tokens": 1_204_331, "cached_tokens": 917_204,

@@ -64,3 +64,15 @@ def test_ingest_form_errors(snap_compare, synthetic):
         await pilot.press("enter")
 
     assert snap_compare(dashboard(synthetic.url), terminal_size=(80, 24), run_before=bad_ingest)
+
+
+def test_tenant_form_errors(snap_compare, synthetic):
+    synthetic.reset()
+
+    async def bad_weight(pilot: Pilot) -> None:
+        await poll(pilot)
+        await pilot.press("e")  # the highlighted tenant: the first row, acme
+        pilot.app.screen.query_one("#weight", Input).value = "heavy"
+        await pilot.press("enter")
+
+    assert snap_compare(dashboard(synthetic.url), terminal_size=(80, 24), run_before=bad_weight)

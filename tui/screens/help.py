@@ -17,6 +17,7 @@ KEYS = (
     ("f", "flush the prefix cache: cached blocks become free"),
     ("p", "pause / resume admission (paused: new requests get 503)"),
     ("k", "create an API key for a tenant (shown once)"),
+    ("e", "edit the highlighted tenant's weight and limits (or enter)"),
     ("tab", "move between the tenants and collections tables"),
     ("?", "this help"),
     ("q", "quit"),
