@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rag import RagService
 
 ABORT_WAIT_S = 30.0
+AUDIT_FLUSH_S = 10.0
 POLL_S = 0.05
 ABORT_REASON = "tenant_deleted"
 
@@ -43,7 +44,10 @@ async def erase_tenant(state: AppState, name: str, key_id: str | None, request_i
     erased = {"requests_aborted": await abort_requests(state, name)}
     erased.update(_counts(await asyncio.to_thread(rag.delete_tenant, name)))
     erased["kv_blocks"] = await asyncio.to_thread(engine.flush_prefix_cache, name)
-    return await asyncio.to_thread(store.delete_tenant, name, erased, key_id, request_id)
+    await state.control.flush(AUDIT_FLUSH_S)  # its requests' audit rows are in before prompts are blanked
+    counts = await asyncio.to_thread(store.delete_tenant, name, erased, key_id, request_id)
+    state.control.usage.forget(name)
+    return counts
 
 
 async def abort_requests(state: AppState, name: str, wait_s: float = ABORT_WAIT_S) -> int:
