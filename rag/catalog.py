@@ -118,6 +118,13 @@ class Catalog:
             self._table.delete_where("doc_id = ?", [doc_id])
         return existed
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every document row of `tenant`; returns how many there were."""
+        with self._lock:
+            count = self._table.count_where("tenant = ?", [tenant])
+            self._table.delete_where("tenant = ?", [tenant])
+        return count
+
     def documents(self, scope: Scope) -> list[DocInfo]:
         with self._lock:
             rows = list(

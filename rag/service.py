@@ -2,12 +2,14 @@
 
 It owns the data dir's RAG state (lock, catalog, embedded Qdrant shard or a Qdrant server
 connection) and the models (embedder, BM25). All methods are safe to call from a thread pool:
-writes (ingest, delete) are serialised by one lock, reads run concurrently.
+writes (ingest, delete) to one collection are serialised by that collection's lock, writes to
+different collections run concurrently, and reads take no service lock at all. After an ingest
+the store is asked to build its vector index if enough is unindexed; the build runs in the
+background and never blocks searches (see rag/store/edge_index.py).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from rag.ids import make_doc_id, normalize_source
 from rag.ingest import IngestPipeline, IngestProgress, NullProgress, SourceItem
 from rag.lock import OwnerLock
 from rag.retrieval import Retriever
+from rag.scope_locks import ScopeLocks
 from rag.settings import RagSettings
 from rag.sparse import Bm25Encoder
 from rag.store.base import VectorStore
@@ -43,7 +46,7 @@ class RagService:
         try:
             self._catalog = Catalog(root / "catalog.db")
             self.embedder = embedder or Embedder(embed_model, device=device)
-            self._store = _open_store(root, qdrant_url, self.embedder.dimension)
+            self._store = _open_store(root, qdrant_url, self.embedder.dimension, self.settings)
         except BaseException:
             self._owner.release()
             raise
@@ -55,7 +58,7 @@ class RagService:
             self.embedder, self._bm25, self.chunker, self._store, self._catalog, self.settings
         )
         self._retriever = Retriever(self.embedder, self._bm25, self._store, self.settings)
-        self._write_lock = threading.Lock()
+        self._locks = ScopeLocks()
         self._closed = False
 
     @property
@@ -82,18 +85,28 @@ class RagService:
             summary.results.append(DocResult(problem.source, doc_id, "failed", error=problem.error))
             progress.file_done(summary.results[-1])
         items = [SourceItem(str(f.path), f.size, f.path.read_bytes) for f in files]
-        with self._write_lock:
+        with self._locks.of(scope):
             summary.results.extend(self._pipeline.run(scope, items, progress))
-            if summary.num_added or summary.num_replaced:
-                self._store.optimize()
+        if summary.num_added or summary.num_replaced:
+            self._store.optimize()  # a bulk load ends with the index built (if the policy says so)
         summary.seconds = time.perf_counter() - started
         return summary
 
     def ingest_bytes(self, tenant: str, collection: str, source: str, data: bytes) -> DocResult:
+        """One uploaded document. Returns once its chunks are stored and searchable; if it brings
+        the unindexed part past the policy's threshold, the index build it starts runs on in the
+        background (`wait_indexed` waits for it), so one upload never waits for a store-wide build."""
         scope = Scope(tenant, collection)
         item = SourceItem(normalize_source(source), len(data), lambda: data)
-        with self._write_lock:
-            return self._pipeline.run(scope, [item])[0]
+        with self._locks.of(scope):
+            result = self._pipeline.run(scope, [item])[0]
+        if result.status in ("added", "replaced"):
+            self._store.request_index()
+        return result
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until no vector index build is running or due; False on timeout."""
+        return self._store.wait_indexed(timeout)
 
     def retrieve(
         self, tenant: str, collection: str, query: str, top_k: int = 5, mode: str | None = None
@@ -114,14 +127,28 @@ class RagService:
 
     def delete_document(self, tenant: str, collection: str, doc_id: str) -> bool:
         scope = Scope(tenant, collection)
-        with self._write_lock:
+        with self._locks.of(scope):
             if self._catalog.find(scope, doc_id) is None:
                 return False
             self._store.delete_document(scope, doc_id)
             return self._catalog.delete(doc_id)
 
+    def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Erase all of `tenant`'s RAG data: every collection's chunks and the documents' catalog rows.
+
+        Holds the locks of all its collections, so an ingest in flight either lands before (and is
+        erased) or waits and lands after; the caller stops new ones first (revokes the tenant's keys).
+        The chunks are gone from every search at once; Qdrant reclaims their disk space when it next
+        vacuums or rebuilds the segments."""
+        Scope(tenant, "any")  # validates the tenant
+        scopes = [Scope(tenant, c.name) for c in self._catalog.collections(tenant)]
+        with self._locks.holding(scopes):
+            chunks = self._store.delete_tenant(tenant)
+            documents = self._catalog.delete_tenant(tenant)
+        return {"collections": len(scopes), "documents": documents, "chunks": chunks}
+
     def close(self) -> None:
-        with self._write_lock:
+        with self._locks.holding(self._locks.known()):
             if self._closed:
                 return
             self._closed = True
@@ -130,12 +157,14 @@ class RagService:
             self._owner.release()
 
 
-def _open_store(root: Path, qdrant_url: str | None, dimension: int) -> VectorStore:
+def _open_store(root: Path, qdrant_url: str | None, dimension: int, settings: RagSettings) -> VectorStore:
     """Backends are imported on demand: each pulls in its own (heavy) Qdrant package."""
     if qdrant_url:
         from rag.store.server import QdrantServerStore, connect
 
         return QdrantServerStore(connect(qdrant_url), dimension)
     from rag.store.edge import EdgeStore
+    from rag.store.edge_index import IndexPolicy
 
-    return EdgeStore(root / "edge", dimension)
+    policy = IndexPolicy(settings.index_min_chunks, settings.index_fraction)
+    return EdgeStore(root / "edge", dimension, policy)

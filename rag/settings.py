@@ -26,6 +26,10 @@ class RagSettings:
     hybrid: HybridParams = field(default_factory=lambda: HybridParams(rrf_k=10))
     # Chunks embedded per call: several files' chunks are batched together to keep the model busy.
     embed_window: int = 128
+    # Embedded store: build the vector index in the background once the chunks written since the
+    # last build reach max(index_min_chunks, index_fraction × all chunks); see rag/store/edge_index.py.
+    index_min_chunks: int = 2000
+    index_fraction: float = 0.1
 
     def fingerprint(self, model_name: str) -> str:
         return (

@@ -50,6 +50,9 @@ class VectorStore(Protocol):
 
     def delete_document(self, scope: Scope, doc_id: str) -> None: ...
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every point of the tenant, in all its collections; returns how many there were."""
+
     def search(
         self,
         scope: Scope,
@@ -64,6 +67,15 @@ class VectorStore(Protocol):
 
     def records(self, scope: Scope, doc_id: str | None = None) -> dict[str, dict]:
         """Every stored point of the scope (or of one document): id -> payload, vectors left out."""
+
+    def request_index(self) -> None:
+        """Start building the vector index in the background if enough is unindexed."""
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until no index build runs or is due; False on timeout."""
+
+    def optimize(self) -> None:
+        """Build the index now if due and wait for it (searches keep answering meanwhile)."""
 
     def close(self) -> None: ...
 

@@ -84,6 +84,17 @@ class QdrantServerStore:
     def delete_document(self, scope: Scope, doc_id: str) -> None:
         self._delete(_filter(scope, doc_id))
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Same filtered delete as the embedded store; count and delete are two calls here, so a
+        write racing them may be missed by the count (the service holds the collections' locks).
+        Tested only through qdrant-client's local mode: there is no Qdrant server binary here."""
+        condition = qm.FieldCondition(key=TENANT_FIELD, match=qm.MatchValue(value=tenant))
+        tenant_filter = qm.Filter(must=[condition])
+        with self._lock:
+            count = self._client.count(self._name, count_filter=tenant_filter, exact=True).count
+            self._delete(tenant_filter)
+        return count
+
     def _delete(self, selector: qm.Filter) -> None:
         with self._lock:
             self._client.delete(self._name, points_selector=qm.FilterSelector(filter=selector), wait=True)
@@ -124,8 +135,14 @@ class QdrantServerStore:
             if offset is None:
                 return found
 
-    def optimize(self) -> None:
+    def request_index(self) -> None:
         """The server runs its own optimizers in the background; nothing to do here."""
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        return True
+
+    def optimize(self) -> None:
+        """The server builds its indexes itself, in the background, while it keeps serving."""
 
     def close(self) -> None:
         with self._lock:
