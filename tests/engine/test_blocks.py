@@ -48,10 +48,14 @@ def test_double_free_is_caught():
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("add"), st.integers(1, 120), st.integers(1, 12), st.integers(0, 3)),
+    st.tuples(st.just("burst"), st.integers(2, 6), st.integers(1, 8), st.integers(0, 63)),
     st.tuples(st.just("abort"), st.integers(0, 30), st.just(0), st.just(0)),
     st.tuples(st.just("step"), st.integers(1, 4), st.just(0), st.just(0)),
     st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
 ), min_size=1, max_size=40)
+
+# Paragraphs that prompts combine in many orders, so that prefixes are shared, evicted and revived.
+PARAGRAPHS = [list(range(100 + 20 * i, 120 + 20 * i)) for i in range(4)]
 
 
 def check_served_blocks(engine: LLMEngine) -> None:
@@ -65,7 +69,31 @@ def check_served_blocks(engine: LLMEngine) -> None:
                 assert block.token_ids == tuple(seq.token_ids[i * bm.block_size:(i + 1) * bm.block_size])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def check_step(engine: LLMEngine) -> None:
+    engine.scheduler.check_invariants()  # includes: no block shared except through its name
+    check_served_blocks(engine)
+
+
+def _add(engine: LLMEngine, rid: str, prompt: list[int], max_tokens: int, salt: str, num_blocks: int) -> bool:
+    prompt = prompt[: max(1, num_blocks * 16 - 16)]
+    limit = num_blocks * 16 - len(prompt)
+    if limit < 1:
+        return False
+    engine.add_request(rid, prompt, SamplingParams(max_tokens=min(max_tokens, limit), temperature=0.0,
+                                                   ignore_eos=True), salt=salt)
+    return True
+
+
+def _burst_prompts(size: int, combo: int) -> list[list[int]]:
+    """`size` prompts that arrive together, made of the paragraphs in orders picked by `combo`."""
+    prompts = []
+    for k in range(size):
+        order = [(combo + k * j) % len(PARAGRAPHS) for j in range(1, 1 + (combo + k) % 3 + 1)]
+        prompts.append([t for i in order for t in PARAGRAPHS[i]] + [7 + k])
+    return prompts
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=ops, num_blocks=st.integers(9, 40), budget=st.sampled_from([8, 32, 128]),
        caching=st.booleans())
 def test_random_schedules_never_leak(tiny, schedule, num_blocks, budget, caching):
@@ -76,14 +104,12 @@ def test_random_schedules_never_leak(tiny, schedule, num_blocks, budget, caching
     ids = []
     for op, a, b, c in schedule:
         if op == "add":
-            prompt = (shared_prefix[: a // 2] + [7 + c] * a)[: max(1, min(a, num_blocks * 16 - 16))]
-            rid = f"q{len(ids)}"
-            limit = num_blocks * 16 - len(prompt)
-            if limit < 1:
-                continue
-            tiny.add_request(rid, prompt, SamplingParams(max_tokens=min(b, limit), temperature=0.0,
-                                                         ignore_eos=True), salt=str(c % 2))
-            ids.append(rid)
+            if _add(tiny, f"q{len(ids)}", shared_prefix[: a // 2] + [7 + c] * a, b, str(c % 2), num_blocks):
+                ids.append(f"q{len(ids)}")
+        elif op == "burst":  # simultaneous admissions: one step looks up all of them at once
+            for k, prompt in enumerate(_burst_prompts(a, c)):
+                if _add(tiny, f"q{len(ids)}", prompt, b, str((c + k) % 2), num_blocks):
+                    ids.append(f"q{len(ids)}")
         elif op == "abort" and ids:
             tiny.abort(ids[a % len(ids)])
         elif op == "flush":
@@ -92,12 +118,10 @@ def test_random_schedules_never_leak(tiny, schedule, num_blocks, budget, caching
         else:
             for _ in range(a):
                 tiny.step()
-                bm.check_invariants()
-                check_served_blocks(tiny)
+                check_step(tiny)
     while tiny.has_unfinished():
         tiny.step()
-        bm.check_invariants()
-        check_served_blocks(tiny)
+        check_step(tiny)
     assert bm.num_used_blocks == 0
     bm.flush()
     assert bm.num_free_blocks == bm.num_blocks

@@ -8,6 +8,9 @@ two sequences would then hold one physical block that only one of them reached t
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.sampling_params import SamplingParams
@@ -63,4 +66,53 @@ def test_shared_blocks_are_reached_by_name():
     batch = sched.schedule()
     assert set(batch.seqs) == {a, b}
     assert a.block_table[:2] == b.block_table[:2]
+    sched.check_invariants()
+
+
+# --- property: random bursts of arrivals over shared paragraphs, small pools ------------------------
+PARAGRAPHS = [list(range(10 * i + 1, 10 * i + 7)) for i in range(5)]
+
+bursts = st.lists(st.tuples(
+    st.lists(st.lists(st.integers(0, len(PARAGRAPHS) - 1), min_size=1, max_size=3), min_size=1, max_size=6),
+    st.integers(0, 4),  # steps before the next burst
+), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=bursts, num_blocks=st.integers(8, 30), block_size=st.sampled_from([2, 4]),
+       budget=st.sampled_from([4, 16, 64]), max_tokens=st.integers(1, 6))
+def test_random_bursts_share_blocks_only_by_name(arrivals, num_blocks, block_size, budget, max_tokens):
+    """Every step, right after scheduling: no physical block is held by two sequences unless both
+    reached it through the same name (the scheduler's own check, which the stale-hit bug breaks)."""
+    bm = BlockManager(num_blocks, block_size)
+    sched = Scheduler(EngineConfig(max_num_seqs=8, max_num_batched_tokens=budget), bm)
+    n = 0
+    for prompts, num_steps in arrivals:
+        for order in prompts:
+            tokens = [t for i in order for t in PARAGRAPHS[i]] + [99]
+            if bm.blocks_needed(len(tokens) + max_tokens) <= num_blocks:
+                sched.add(Sequence(f"r{n}", tokens, len(tokens), SamplingParams(max_tokens=max_tokens),
+                                   group=f"t{n % 2}", salt=""))
+                n += 1
+        for _ in range(num_steps):
+            _sim_step(sched)
+    for _ in range(500):
+        if not sched.has_work():
+            break
+        _sim_step(sched)
+    assert not sched.has_work() and bm.num_used_blocks == 0
+
+
+def _sim_step(sched: Scheduler) -> None:
+    """A step without a model: schedule, check, advance, append a token to those that sample."""
+    batch = sched.schedule()
+    sched.check_invariants()
+    for seq in batch.unschedulable:
+        sched.remove(seq)
+    sched.postprocess(batch)
+    for seq in batch.seqs:
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.token_ids.append(seq.num_tokens % 7)
+            if seq.num_output_tokens >= seq.params.max_tokens:
+                sched.remove(seq)
     sched.check_invariants()
