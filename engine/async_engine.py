@@ -183,6 +183,13 @@ class AsyncEngine:
             self._snapshot = self.engine.stats()
         return num
 
+    def erase_salt(self, salt: str) -> int:
+        """Drop all cached KV under `salt`, pinned included (tenant deletion); blocks the caller."""
+        with self.lock:
+            num = self.engine.erase_salt(salt)
+            self._snapshot = self.engine.stats()
+        return num
+
     def unpin_all(self) -> int:
         with self.lock:
             num = self.engine.unpin_all()

@@ -258,12 +258,14 @@ class BlockManager:
                 num += 1
         return num
 
-    def unpin_all(self) -> int:
-        for block_id in self.pinned_ids:
+    def unpin_all(self, salt: str | None = None) -> int:
+        """Release pins (only blocks under `salt` when given); returns how many were unpinned."""
+        ids = [b for b in self.pinned_ids if salt is None or self.blocks[b].salt == salt]
+        for block_id in ids:
             self._unref(block_id, pin=True)
             self.blocks[block_id].pinned = False
-        num, self.pinned_ids = len(self.pinned_ids), set()
-        return num
+            self.pinned_ids.discard(block_id)
+        return len(ids)
 
     # --- internals ----------------------------------------------------------------------------
     def _take_block(self) -> int:

@@ -289,6 +289,12 @@ class LLMEngine:
         """Drop unreferenced cached prefixes, only `salt`'s when given (pinned stay); returns blocks freed."""
         return self.block_manager.flush(salt)
 
+    def erase_salt(self, salt: str) -> int:
+        """Forget every cached block under `salt`, pinned ones too (a deleted tenant); returns blocks
+        freed. Blocks that live requests still hold stay until those requests end."""
+        self.block_manager.unpin_all(salt)
+        return self.block_manager.flush(salt)
+
     def reset_after_fault(self) -> list[str]:
         """After an engine fault: end every request and drop the cached KV; returns the ids ended."""
         ids = list(self.requests)

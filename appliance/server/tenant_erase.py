@@ -43,7 +43,7 @@ async def erase_tenant(state: AppState, name: str, key_id: str | None, request_i
     await asyncio.to_thread(store.revoke_tenant_keys, name)
     erased = {"requests_aborted": await abort_requests(state, name)}
     erased.update(_counts(await asyncio.to_thread(rag.delete_tenant, name)))
-    erased["kv_blocks"] = await asyncio.to_thread(engine.flush_prefix_cache, name)
+    erased["kv_blocks"] = await asyncio.to_thread(engine.erase_salt, name)  # pinned blocks too
     await state.control.flush(AUDIT_FLUSH_S)  # its requests' audit rows are in before prompts are blanked
     counts = await asyncio.to_thread(store.delete_tenant, name, erased, key_id, request_id)
     state.control.usage.forget(name)

@@ -177,3 +177,18 @@ def test_weights_share_admissions():
         sched.postprocess(batch)
     ratio = admitted["heavy"] / admitted["light"]
     assert 2.0 <= ratio <= 4.0, admitted
+
+
+def test_erasing_a_salt_drops_its_pinned_and_cached_blocks_only(engine):
+    engine.reconfigure(num_blocks=60)
+    for salt in ("gone", "kept"):
+        engine.add_request(f"pin-{salt}", [21] * 64, greedy(1), salt=salt, pin=True)
+        engine.add_request(f"cache-{salt}", [22] * 64, greedy(1), salt=salt)
+    _drain(engine)
+    bm = engine.block_manager
+    assert bm.num_pinned_blocks() == 8
+    assert engine.erase_salt("gone") == 8  # 4 pinned + 4 cached
+    assert bm.num_pinned_blocks() == 4 and bm.num_cached_blocks == 4
+    engine.add_request("again", [21] * 64 + [3], greedy(1), salt="gone")
+    assert _drain(engine)["again"][-1].usage.cached_tokens == 0
+    engine.unpin_all()
