@@ -51,6 +51,8 @@ def server_status(state: AppState) -> str:
         return "draining"
     if not state.is_loaded:
         return "loading"
+    if state.engine is not None and not state.engine.health().ok:
+        return "engine_faulted"  # faults keep repeating (or the step loop is gone): /health is 503
     return "paused" if state.admission.is_paused else "ready"
 
 
@@ -176,8 +178,8 @@ async def pin_prefix(request: web.Request) -> web.Response:
         ids = await asyncio.to_thread(engine.tokenizer.encode_chat_prefix, messages)
     else:
         ids = await asyncio.to_thread(engine.tokenizer.encode, body.string("prompt", max_len=1 << 20))
-    if len(ids) < engine.engine.config.block_size + 1:
-        raise ApiError(400, f"a pinned prefix needs more than {engine.engine.config.block_size} tokens",
+    if len(ids) < engine.block_size + 1:
+        raise ApiError(400, f"a pinned prefix needs more than {engine.block_size} tokens",
                        "prompt", "invalid_value")
     try:
         engine.validate("pin", ids, _pin_params())

@@ -29,6 +29,11 @@ async def health(request: web.Request) -> web.Response:
     body = {"status": status, "model": state.model_name or None}
     if state.load_error:
         body["error"] = state.load_error
+    if state.engine is not None:
+        engine_health = state.engine.health()
+        body["engine_faults"] = engine_health.num_faults
+        if engine_health.last_fault:
+            body["last_engine_fault"] = engine_health.last_fault
     ready = status in ("ready", "paused")
     headers = {} if ready else {"Retry-After": "5"}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
@@ -118,8 +123,8 @@ async def load_components(state: AppState) -> None:
         raise
     engine.start()
     stats = engine.stats()
-    state.context_limit = min(engine.engine.max_model_len, stats.num_blocks * stats.block_size)
-    state.model_name = engine.engine.model_name
+    state.context_limit = engine.context_limit
+    state.model_name = engine.model_name
     state.engine, state.rag = engine, rag
     log.info("ready: model %s, %d KV blocks of %d tokens", state.model_name, stats.num_blocks,
              stats.block_size)

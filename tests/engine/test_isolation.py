@@ -12,7 +12,14 @@ import time
 
 import pytest
 
-from engine import AsyncEngine, EngineConfig, InvalidRequestError, RequestFailedError, SamplingParams
+from engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineDeadError,
+    InvalidRequestError,
+    RequestFailedError,
+    SamplingParams,
+)
 from engine.block_manager import BlockManager
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler
@@ -192,3 +199,28 @@ def test_erasing_a_salt_drops_its_pinned_and_cached_blocks_only(engine):
     engine.add_request("again", [21] * 64 + [3], greedy(1), salt="gone")
     assert _drain(engine)["again"][-1].usage.cached_tokens == 0
     engine.unpin_all()
+
+
+async def test_engine_faults_end_live_requests_and_show_in_health(engine):
+    """A step that fails for every sequence is the engine's fault: its requests end, the loop goes
+    on with an empty engine, and repeated faults make health() say so."""
+    a = AsyncEngine(engine)
+    a.start()
+    runner_execute = engine.runner.execute
+
+    def broken(batch):
+        raise RuntimeError("device lost")
+
+    try:
+        engine.runner.execute = broken
+        for i in range(3):
+            with pytest.raises(EngineDeadError, match="device lost"):
+                await _collect(a, f"f{i}", _chat(engine, "Hi"), greedy(4))
+        health = a.health()
+        assert not health.ok and health.num_faults == 3 and "device lost" in health.last_fault
+        engine.runner.execute = runner_execute
+        assert len(await _collect(a, "after", _chat(engine, "Hi"), greedy(4, ignore_eos=True))) == 4
+        assert (await a.get_stats()).used_blocks == 0
+    finally:
+        engine.runner.execute = runner_execute
+        a.shutdown()
