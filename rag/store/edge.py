@@ -136,7 +136,7 @@ class EdgeStore:
         """Build the index now if the policy asks for one, and wait; searches go on meanwhile."""
         self.request_index()
         self.wait_indexed()
-        if self._indexer.last_error:
+        if self._indexer.last_error and self._needs_build():
             raise RuntimeError(f"vector index build failed: {self._indexer.last_error}")
 
     def _needs_build(self) -> bool:
@@ -171,10 +171,14 @@ class EdgeStore:
 
     def _swap_in(self, shard: qe.EdgeShard, path: Path, snapshot_unindexed: int) -> None:
         with self._write_gate:
-            for operation in self._journal or []:
-                shard.update(operation)
-            shard.flush()
-            self._dirs.point_to(path)
+            try:
+                for operation in self._journal or []:
+                    shard.update(operation)
+                shard.flush()
+                self._dirs.point_to(path)
+            except BaseException:
+                shard.close()
+                raise
             with self._lock:
                 old, self._shard = self._shard, shard
             self._journal = None

@@ -82,55 +82,53 @@ class Searcher(threading.Thread):
             time.sleep(0.01)
 
 
-def test_searches_answer_while_the_index_builds(tmp_path, corpus):
+def _wait_for_copy(root) -> None:
+    """Until the build has copied the shard: writes from now on land in its journal."""
+    deadline = time.monotonic() + 30
+    while not (root / "edge.build").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_searches_answer_and_writes_survive_while_the_index_builds(tmp_path, corpus):
     store = EdgeStore(tmp_path / "edge", DIM)
+    late = NUM_POINTS  # the extra point, written while the build runs
     try:
         _fill(store, corpus, NUM_POINTS)
         searcher = Searcher(store, corpus)
         searcher.start()
         time.sleep(0.2)
         began = time.monotonic()
-        store.optimize()
-        ended = time.monotonic()
+        finished: list[float] = []
+        builder = threading.Thread(target=lambda: (store.optimize(), finished.append(time.monotonic())))
+        builder.start()  # optimize() returns once the built shard is swapped in
+        _wait_for_copy(tmp_path)
+        store.upsert(SCOPE, [corpus.point(late)])
+        store.delete_document(SCOPE, "doc100")  # points 1000..1009 (searches look for 0..49)
+        written = time.monotonic()
+        builder.join(timeout=300)
+        ended = finished[0]
         searcher.done.set()
         searcher.join(timeout=60)
+
         during = [s for s in searcher.samples if s[0] > began and s[0] + s[1] < ended]
         assert len(during) >= 3, f"no search finished during the {ended - began:.1f} s build"
         assert all(right for _, _, right in searcher.samples), "a search returned the wrong point"
-        worst = max(wait for _, wait, _ in searcher.samples)
-        build_s = ended - began
+        assert not builder.is_alive() and store.wait_indexed(timeout=1)
+        assert written < ended - 0.05, "the build ended before the writes; make it bigger"
+        worst, build_s = max(wait for _, wait, _ in searcher.samples), ended - began
         assert worst < SEARCH_WAIT_BOUND_S, f"a search waited {worst:.1f} s; the build took {build_s:.1f} s"
         info = store.shard_info()
-        assert info.points_count == NUM_POINTS
-        assert info.indexed_vectors_count == 2 * NUM_POINTS  # dense HNSW + sparse, every point
-    finally:
-        store.close()
-
-
-def test_writes_during_a_build_survive_the_swap_and_a_reopen(tmp_path, corpus):
-    store = EdgeStore(tmp_path / "edge", DIM)
-    late = NUM_POINTS  # the extra point, written while the build runs
-    try:
-        _fill(store, corpus, NUM_POINTS)
-        store.request_index()
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "edge.build").exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert store.building
-        store.upsert(SCOPE, [corpus.point(late)])
-        store.delete_document(SCOPE, "doc0")  # points 0..9
-        assert store.building, "the build ended before the writes; make it bigger"
-        assert store.wait_indexed(timeout=300)
-        assert store.count(SCOPE) == NUM_POINTS + 1 - 10
-        assert store.records(SCOPE, "doc0") == {}
-        assert _search_top(store, corpus, 20) == corpus.ids[20]
+        assert info.points_count == NUM_POINTS + 1 - 10
+        # dense (HNSW) and sparse vectors of every point the build saw are indexed
+        assert info.indexed_vectors_count >= 2 * (NUM_POINTS - 10)
+        assert store.records(SCOPE, "doc100") == {}
     finally:
         store.close()
     reopened = EdgeStore(tmp_path / "edge", DIM)
     try:
         assert reopened.count(SCOPE) == NUM_POINTS + 1 - 10
         assert corpus.ids[late] in reopened.records(SCOPE, f"doc{late // 10}")
-        assert reopened.shard_info().indexed_vectors_count >= 2 * (NUM_POINTS - 10)
+        assert _search_top(reopened, corpus, 20) == corpus.ids[20]
         leftovers = sorted(p.name for p in tmp_path.iterdir())
         assert leftovers == ["edge.1", "edge.current"], leftovers  # the old shard and the copy are gone
     finally:
@@ -146,3 +144,21 @@ def test_small_writes_do_not_start_a_build(tmp_path, corpus):
         assert not (tmp_path / "edge.current").exists()
     finally:
         store.close()
+
+
+def test_closing_during_a_build_cancels_it_and_keeps_every_point(tmp_path, corpus):
+    store = EdgeStore(tmp_path / "edge", DIM)
+    try:
+        _fill(store, corpus, NUM_POINTS)
+        store.request_index()
+        _wait_for_copy(tmp_path)
+        assert store.building
+    finally:
+        store.close()  # kills the build's child process and waits for the indexer thread
+    reopened = EdgeStore(tmp_path / "edge", DIM)
+    try:
+        assert reopened.count(SCOPE) == NUM_POINTS
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["edge"]  # the copy is gone, no pointer
+        assert _search_top(reopened, corpus, 5) == corpus.ids[5]
+    finally:
+        reopened.close()
