@@ -105,8 +105,9 @@ def _ended(state: AppState, ticket: Ticket, out: RequestOutput) -> ApiError:
                          f"{state.config.request_timeout_s:g} s")
     if out.finish_reason == "error":
         return ApiError(500, f"the request failed: {out.error or 'unknown error'}", None, "request_failed")
-    return ApiError(503, "the request was aborted: the server is shutting down", None,
-                    ticket.abort_reason or "request_aborted", {"Retry-After": "10"})
+    reason = ticket.abort_reason or "request_aborted"
+    why = "the server is shutting down" if reason == "server_shutting_down" else reason.replace("_", " ")
+    return ApiError(503, f"the request was aborted: {why}", None, reason, {"Retry-After": "10"})
 
 
 def _quota_spent(state: AppState, ctx: RequestContext, ticket: Ticket) -> bool:
