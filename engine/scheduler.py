@@ -104,12 +104,30 @@ class Scheduler:
 
     # --- one step --------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
+        """Decodes first; then prefill chunks of groups served less than every waiting group; then
+        admissions; then the other chunks. So a group that floods the engine with long prompts cannot
+        hold the budget while a less-served group waits (its chunks take what is left)."""
         batch = ScheduledBatch()
-        budget = self._schedule_running(batch, self.max_num_batched_tokens)
+        decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
+        chunks = [s for s in self.running if s.num_uncomputed_tokens > 1]
+        ahead, behind = self._split_chunks(chunks)
+        budget = self._schedule_running(batch, decodes + ahead, self.max_num_batched_tokens)
         if not batch.preempted:
-            self._schedule_waiting(batch, budget)
+            budget = self._schedule_waiting(batch, budget)
+        self._schedule_running(batch, behind, budget)
         assert batch.num_tokens <= self.max_num_batched_tokens
         return batch
+
+    def _split_chunks(self, chunks: list[Sequence]) -> tuple[list[Sequence], list[Sequence]]:
+        """Chunks that go before admissions (their group is served less than every waiting group)."""
+        waiting = {s.group: self.fair.counter(s.group) for s in self.waiting}
+
+        def first(group: str) -> bool:
+            mine = self.fair.counter(group)
+            return all(mine <= c for g, c in waiting.items() if g != group)
+
+        ahead = [s for s in chunks if first(s.group)]
+        return ahead, [s for s in chunks if not first(s.group)]
 
     def postprocess(self, batch: ScheduledBatch) -> int:
         """After the model ran: advance progress, name the blocks filled; returns prompt tokens computed."""
@@ -120,10 +138,8 @@ class Scheduler:
             self.bm.commit_full_blocks(seq)
         return num_prompt_tokens
 
-    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
-        decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
-        chunks = [s for s in self.running if s.num_uncomputed_tokens > 1]
-        for seq in decodes + chunks:
+    def _schedule_running(self, batch: ScheduledBatch, seqs: list[Sequence], budget: int) -> int:
+        for seq in seqs:
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:
@@ -175,9 +191,9 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # --- admissions ------------------------------------------------------------------------------
-    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> int:
         if not self.waiting:
-            return
+            return budget
         inflight = self._inflight_hashes()
         candidates = self._candidates()
         while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -193,10 +209,11 @@ class Scheduler:
                     self.waiting.remove(seq)
                     batch.unschedulable.append(seq)
                     continue
-                return  # head-of-line: do not let smaller requests starve a large one
+                return budget  # head-of-line: do not let smaller requests starve a large one
             self._admit(seq, hits, n, batch)
             inflight.update(seq.block_hashes[len(hits):])
             budget -= n
+        return budget
 
     def _admit(self, seq: Sequence, hits: list[int], n: int, batch: ScheduledBatch) -> None:
         self.waiting.remove(seq)

@@ -1,4 +1,4 @@
-"""`appliance bench engine|prefix|serve|ingest`: benchmarks that print their numbers and the peer's."""
+"""`appliance bench engine|prefix|serve|ingest|soak|fairness`: each prints its numbers and a peer's."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ BENCHMARKS = {
     "prefix": "appliance.bench.prefix",
     "ingest": "appliance.bench_ingest",
     "serve": "appliance.bench_serve",
+    "soak": "appliance.bench.soak",
+    "fairness": "appliance.bench.fairness",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="run a benchmark (engine, prefix, serve, ingest)")
+    p = subparsers.add_parser("bench", help="run a benchmark (engine, prefix, serve, ingest, soak, fairness)")
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
     for name, module_name in BENCHMARKS.items():
         module = importlib.import_module(module_name)

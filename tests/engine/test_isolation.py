@@ -224,3 +224,17 @@ async def test_engine_faults_end_live_requests_and_show_in_health(engine):
     finally:
         engine.runner.execute = runner_execute
         a.shutdown()
+
+
+def test_a_flooding_groups_chunks_yield_to_a_less_served_arrival():
+    """A's long prompts are mid-prefill when B arrives: B's prefill takes the budget first."""
+    bm = BlockManager(1000, 16)
+    sched = Scheduler(EngineConfig(max_num_seqs=64, max_num_batched_tokens=256), bm)
+    for i in range(4):
+        sched.add(Sequence(f"a{i}", [3000 + i] * 600, 600, SamplingParams(), group="A"))
+    sched.postprocess(sched.schedule())  # A's first chunk: A is running a long prefill now
+    late = Sequence("b", [7] * 200, 200, SamplingParams(), group="B")
+    sched.add(late)
+    batch = sched.schedule()
+    assert batch.seqs[0] is late and batch.num_new_tokens[0] == 200
+    sched.check_invariants()
