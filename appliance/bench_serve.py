@@ -23,14 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-rag"
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_QUESTIONS = ["Who built the Varnholm lighthouse?", "Who runs the Brindle Street Bakery today?",
                     "When did the lighthouse become fully automatic?", "What is the bakery famous for?"]
 BENCH_COLLECTION = "bench"
+T = TypeVar("T")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -323,6 +326,29 @@ async def model_id(url: str, key: str) -> str:
     return body["data"][0]["id"]
 
 
+def run_against_server(args: argparse.Namespace, main: Callable[[OwnServer | None], Awaitable[T]]) -> T:
+    """Run `main` against --url, or against a server started for it (stopped however main ends)."""
+    from appliance.cli import UserError
+
+    server = None if args.url else OwnServer(args.kv_cache_gib)
+    try:
+        return asyncio.run(main(server))
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def server_url(args: argparse.Namespace, server: OwnServer | None) -> tuple[str, str]:
+    """(url, key) of the server under test, once it is ready."""
+    if server is None:
+        return args.url.rstrip("/"), args.api_key
+    print(f"starting appliance serve on {server.url} (log {server.log_path}) ...", flush=True)
+    await server.wait_ready()
+    return server.url, server.key
+
+
 # --- the benchmark ----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     from appliance.cli import UserError
@@ -330,14 +356,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _check_args(args)
     if problem:
         raise UserError(problem)
-    server = None if args.url else OwnServer(args.kv_cache_gib)
-    try:
-        return asyncio.run(_bench(args, server))
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        if server is not None:
-            server.close()
+    return run_against_server(args, lambda server: _bench(args, server))
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -351,10 +370,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 
 async def _bench(args: argparse.Namespace, server: OwnServer | None) -> int:
-    url, key = (server.url, server.key) if server else (args.url.rstrip("/"), args.api_key)
-    if server:
-        print(f"starting appliance serve on {url} (log {server.log_path}) ...", flush=True)
-        await server.wait_ready()
+    url, key = await server_url(args, server)
     model = await model_id(url, key)
     if args.workload == "rag" and server:
         print(f"uploaded {await upload_docs(url, key, args.collection)} chunks to '{args.collection}'")

@@ -16,7 +16,16 @@ import contextlib
 import json
 from pathlib import Path
 
-from appliance.bench_serve import OwnServer, Workload, chat_workload, model_id, percentiles, send
+from appliance.bench_serve import (
+    OwnServer,
+    Workload,
+    chat_workload,
+    model_id,
+    percentiles,
+    run_against_server,
+    send,
+    server_url,
+)
 
 TENANTS = ("flood", "light")
 
@@ -40,21 +49,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--url needs --api-key (an admin key)")
     if min(args.num_requests, args.flood_concurrency, args.max_tokens) < 1:
         raise UserError("--num-requests, --flood-concurrency and --max-tokens must be >= 1")
-    server = None if args.url else OwnServer(args.kv_cache_gib)
-    try:
-        return asyncio.run(_bench(args, server))
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        if server is not None:
-            server.close()
+    return run_against_server(args, lambda server: _bench(args, server))
 
 
 async def _bench(args: argparse.Namespace, server: OwnServer | None) -> int:
-    url, admin = (server.url, server.key) if server else (args.url.rstrip("/"), args.api_key)
-    if server:
-        print(f"starting appliance serve on {url} (log {server.log_path}) ...", flush=True)
-        await server.wait_ready()
+    url, admin = await server_url(args, server)
     keys = await _tenant_keys(url, admin)
     model = await model_id(url, admin)
     n = args.num_requests
