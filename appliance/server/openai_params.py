@@ -133,8 +133,10 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def parse_sampling(body: Body, state: AppState, num_prompt_tokens: int) -> SamplingParams:
-    """SamplingParams from the body; max_tokens defaults to what fits, capped by the server default."""
+def parse_sampling(body: Body, state: AppState, num_prompt_tokens: int,
+                   read_top_k: bool = True) -> SamplingParams:
+    """SamplingParams from the body; max_tokens defaults to what fits, capped by the server default.
+    `read_top_k=False` where `top_k` means something else (the chunk count of /v1/rag/query)."""
     room = max(1, state.context_limit - num_prompt_tokens)
     default_max = min(state.config.default_max_tokens, room)
     max_tokens = body.integer("max_completion_tokens", None, minimum=1)
@@ -145,7 +147,7 @@ def parse_sampling(body: Body, state: AppState, num_prompt_tokens: int) -> Sampl
             max_tokens=max_tokens,
             min_tokens=body.integer("min_tokens", 0, minimum=0),
             temperature=body.number("temperature", 1.0, 0.0, 100.0),
-            top_k=max(0, body.integer("top_k", 0, minimum=-1, maximum=INT32_MAX)),  # -1 = off, as 0
+            top_k=max(0, body.integer("top_k", 0, minimum=-1, maximum=INT32_MAX)) if read_top_k else 0,
             top_p=body.number("top_p", 1.0, 0.0, 1.0),
             seed=body.integer("seed", None, *SEED_RANGE),
             stop=body.string_list("stop", MAX_STOP),

@@ -93,8 +93,8 @@ async def query(request: web.Request) -> web.StreamResponse:
     prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
     if state.config.log_prompts:
         ctx.prompt = question
-    job = Job(f"rag-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)), tenant,
-              "query")
+    params = parse_sampling(body, state, len(prompt_ids), read_top_k=False)  # top_k: chunks, not tokens
+    job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query")
     if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
         job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
                                                         prompt.messages(), prompt_ids)

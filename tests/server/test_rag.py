@@ -94,6 +94,21 @@ def test_rag_query_answers_with_sources(server, run, alice):
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > first["usage"]["prompt_tokens"] // 2
 
 
+def test_rag_top_k_counts_chunks_and_does_not_limit_sampling(server, run, alice):
+    """top_k of /v1/rag/query is the number of chunks; it once also became sampling's top-k, which
+    made top_k=1 sample greedily at any temperature."""
+    url = f"{server.url}/v1/rag/query"
+    base = {"query": QUESTION, "collection": "kb", "top_k": 1, "max_tokens": 8, "ignore_eos": True}
+    status, greedy = run(_call("POST", url, alice["key"], {**base, "temperature": 0.0}))
+    assert status == 200, greedy
+    answers = set()
+    for seed in (1, 2):
+        status, hot = run(_call("POST", url, alice["key"], {**base, "temperature": 50.0, "seed": seed}))
+        assert status == 200 and len(hot["sources"]) == 1, hot
+        answers.add(hot["answer"])
+    assert greedy["answer"] not in answers and len(answers) == 2
+
+
 def test_rag_query_streams_deltas_then_sources_and_usage(server, run, alice):
     async def go():
         body = {"query": QUESTION, "collection": "kb", "top_k": 1, "max_tokens": 6, "stream": True}
