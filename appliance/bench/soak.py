@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pid of the --url server on this machine, to report its RSS")
     p.add_argument("--num-requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=64, help="concurrent client streams")
+    p.add_argument("--warmup-requests", type=int, default=128,
+                   help="valid requests at full concurrency before RSS before is read")
     p.add_argument("--disconnect-share", type=float, default=0.2,
                    help="share of requests whose client hangs up after the first token")
     p.add_argument("--invalid-share", type=float, default=0.1, help="share of invalid requests")
@@ -386,8 +388,10 @@ async def soak(url: str, key: str, args: argparse.Namespace, pid: int | None) ->
     model = await model_id(url, key)
     plan = build_plan(model, await context_limit_of(url, key), args.num_requests, args.disconnect_share,
                       args.invalid_share, args.max_tokens, args.workload, args.seed)
-    warm_up = valid_cases(model, 1, args.max_tokens, args.workload, args.seed + 1)
-    await run_plan(url, key, warm_up, 1)  # so that RSS before counts a server that has served
+    # Warm up at full concurrency, so that RSS before counts a server that has served this load once
+    # (allocator pools, batch-sized buffers): growth after it is what a leak would show.
+    warm_up = valid_cases(model, args.warmup_requests, args.max_tokens, args.workload, args.seed + 1)
+    await run_plan(url, key, warm_up, args.concurrency)
     before = rss_kib(pid)
     print(f"soak: {len(plan)} requests at {args.concurrency} streams against {url} (model {model})",
           flush=True)
@@ -421,6 +425,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--num-requests, --concurrency and --max-tokens must be >= 1"
     if not (0 <= args.disconnect_share <= 1 and 0 <= args.invalid_share <= 1):
         return "--disconnect-share and --invalid-share must be in [0, 1]"
-    if args.settle_timeout < 0:
-        return "--settle-timeout must be >= 0"
+    if args.settle_timeout < 0 or args.warmup_requests < 0:
+        return "--settle-timeout and --warmup-requests must be >= 0"
     return None

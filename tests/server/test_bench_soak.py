@@ -22,7 +22,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_small_soak_reports_no_errors_and_no_leaks(server, run, capsys):
-    args = _args("--num-requests", "20", "--concurrency", "4", "--max-tokens", "3", "--workload", "short")
+    args = _args("--num-requests", "20", "--concurrency", "4", "--max-tokens", "3", "--workload", "short",
+                 "--warmup-requests", "4")
     report = run(soak(server.url, ADMIN_KEY, args, server.proc.pid))
     assert report.num_requests == 20 and report.concurrency == 4
     assert report.unexpected_errors == 0, report.unexpected_examples
