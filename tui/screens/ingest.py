@@ -8,10 +8,10 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from tui.forms import LocalFile, find_files, name_error
+from tui.screens.form_screen import FormScreen
 
 
 @dataclass(slots=True, frozen=True)
@@ -20,7 +20,7 @@ class IngestRequest:
     files: list[LocalFile]
 
 
-class IngestScreen(ModalScreen[IngestRequest | None]):
+class IngestScreen(FormScreen[IngestRequest | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, collection: str = "") -> None:
@@ -42,20 +42,6 @@ class IngestScreen(ModalScreen[IngestRequest | None]):
     def on_mount(self) -> None:
         self.query_one("#ingest-box").border_title = "Ingest files"
         self.query_one("#path" if self.default_collection else "#collection", Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "submit":
-            self.submit()
-        else:
-            self.dismiss(None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
     def submit(self) -> None:
         collection = self.query_one("#collection", Input).value.strip()

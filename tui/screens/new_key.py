@@ -21,6 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from tui.client import ApiError, ApplianceClient
 from tui.forms import name_error
+from tui.screens.form_screen import FormScreen
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,7 +31,7 @@ class NewKey:
     created_tenant: bool
 
 
-class NewKeyScreen(ModalScreen[NewKey | None]):
+class NewKeyScreen(FormScreen[NewKey | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, client: ApplianceClient) -> None:
@@ -50,20 +51,6 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
     def on_mount(self) -> None:
         self.query_one("#key-box").border_title = "New API key"
         self.query_one("#tenant", Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "submit":
-            self.submit()
-        else:
-            self.dismiss(None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
     def submit(self) -> None:
         tenant = self.query_one("#tenant", Input).value.strip()

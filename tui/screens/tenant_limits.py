@@ -16,12 +16,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
 from tui.client import ApiError, ApplianceClient
 from tui.forms import limit_value, weight_value
+from tui.screens.form_screen import FormScreen
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,7 +48,7 @@ class TenantUpdate:
     tenant: dict  # the server's answer: the tenant as it is now
 
 
-class TenantLimitsScreen(ModalScreen[TenantUpdate | None]):
+class TenantLimitsScreen(FormScreen[TenantUpdate | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, client: ApplianceClient, name: str, settings: dict) -> None:
@@ -72,20 +72,6 @@ class TenantLimitsScreen(ModalScreen[TenantUpdate | None]):
     def on_mount(self) -> None:
         self.query_one("#limits-box").border_title = f"Tenant {self.tenant_name!r}: weight and limits"
         self.query_one("#weight", Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "submit":
-            self.submit()
-        else:
-            self.dismiss(None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
     def submit(self) -> None:
         changed: dict = {}
