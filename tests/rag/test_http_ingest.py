@@ -11,7 +11,7 @@ import pytest
 
 from tests.rag.cli import appliance
 from tests.rag.conftest import APOLLO_PDF, VOLCANO_MD, ZEBRA_TXT
-from tests.server.helpers import ADMIN_KEY, ServerProcess
+from tests.server.helpers import ADMIN_KEY, ServerProcess, served
 
 
 def _post(server: ServerProcess, path: str, body: dict, key: str = ADMIN_KEY) -> dict:
@@ -27,12 +27,8 @@ def _post(server: ServerProcess, path: str, body: dict, key: str = ADMIN_KEY) ->
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = ServerProcess(tmp_path_factory.mktemp("served") / "data").start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(tmp_path_factory.mktemp("served") / "data"), check_exit=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,14 @@ import urllib.request
 
 import pytest
 
-from tests.server.helpers import ADMIN_KEY, ServerProcess
+from tests.server.helpers import ADMIN_KEY, ServerProcess, served
 
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory) -> ServerProcess:
     data_dir = tmp_path_factory.mktemp("appliance") / "data"
-    proc = ServerProcess(data_dir).start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(data_dir)) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"server exit code {code}:\n{proc.log()}"
 
 
 def admin_post(server: ServerProcess, path: str, body: dict) -> dict:

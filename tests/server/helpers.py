@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +114,20 @@ class ServerProcess:
             code = self.proc.wait()
         self._log.close()
         return code
+
+
+@contextmanager
+def served(proc: ServerProcess, check_exit: bool = True) -> Iterator[ServerProcess]:
+    """Start the server, hand it over once /health is 200, stop it however the tests end (and, with
+    check_exit, fail unless it exited cleanly)."""
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        code = proc.stop()
+        if check_exit:
+            assert code == 0, f"server exit code {code}:\n{proc.log()}"
 
 
 def auth(key: str) -> dict[str, str]:

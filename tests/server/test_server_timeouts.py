@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.server.conftest import make_tenant
-from tests.server.helpers import ServerProcess, assert_openai_error, auth
+from tests.server.helpers import ServerProcess, assert_openai_error, auth, served
 from tests.server.isolation_helpers import WAIT_S, complete, long_completion, stream_events, upload
 
 REQUEST_TIMEOUT_S = 2
@@ -27,12 +27,9 @@ NOTE = b"The Varnholm lighthouse was built by Ada Krell in 1871 from granite qua
 
 @pytest.fixture(scope="module")
 def timeouts_server(tmp_path_factory):
-    proc = ServerProcess(tmp_path_factory.mktemp("timeouts") / "data", TIMEOUTS_ENV).start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(tmp_path_factory.mktemp("timeouts") / "data", TIMEOUTS_ENV),
+                check_exit=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

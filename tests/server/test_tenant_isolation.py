@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.server.conftest import make_tenant
-from tests.server.helpers import ADMIN_KEY, ServerProcess, assert_openai_error
+from tests.server.helpers import ADMIN_KEY, ServerProcess, assert_openai_error, served
 from tests.server.isolation_helpers import (
     HeldStream,
     SlowUpload,
@@ -38,13 +38,8 @@ NOTE = b"The Varnholm lighthouse was built by Ada Krell in 1871 from granite qua
 
 @pytest.fixture(scope="module")
 def limits_server(tmp_path_factory):
-    proc = ServerProcess(tmp_path_factory.mktemp("limits") / "data", LIMITS_ENV).start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(tmp_path_factory.mktemp("limits") / "data", LIMITS_ENV)) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"server exit code {code}:\n{proc.log()}"
 
 
 def _tenant_queued(name: str, tokens: int):

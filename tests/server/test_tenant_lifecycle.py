@@ -15,7 +15,7 @@ import sqlite3
 import aiohttp
 import pytest
 
-from tests.server.helpers import ADMIN_KEY, ServerProcess, assert_openai_error, auth
+from tests.server.helpers import ADMIN_KEY, ServerProcess, assert_openai_error, auth, served
 
 GONE, KEPT = "erase-me", "keep-me"
 # About 150 tokens: nine full KV blocks of 16 that stay cached after the request ends.
@@ -86,12 +86,8 @@ def cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory) -> ServerProcess:
-    proc = ServerProcess(tmp_path_factory.mktemp("lifecycle") / "data").start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(tmp_path_factory.mktemp("lifecycle") / "data"), check_exit=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

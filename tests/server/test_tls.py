@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.helpers import ADMIN_KEY, ServerProcess
+from tests.server.helpers import ADMIN_KEY, ServerProcess, served
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -65,13 +65,8 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 def https_server(tmp_path_factory, certificate) -> TlsServer:
     cert, key = certificate
     env = {"APPLIANCE_TLS_CERT": str(cert), "APPLIANCE_TLS_KEY": str(key)}
-    proc = TlsServer(tmp_path_factory.mktemp("tls-server") / "data", env).start()
-    try:
-        proc.wait_ready()
+    with served(TlsServer(tmp_path_factory.mktemp("tls-server") / "data", env)) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"server exit code {code}:\n{proc.log()}"
 
 
 def test_openai_client_over_https(https_server, certificate):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.helpers import ServerProcess
+from tests.server.helpers import ServerProcess, served
 from tests.tui.synthetic import SyntheticAppliance
 
 
@@ -25,10 +25,5 @@ def synthetic() -> SyntheticAppliance:
 @pytest.fixture(scope="package")
 def server(tmp_path_factory) -> ServerProcess:
     data_dir = tmp_path_factory.mktemp("appliance-tui") / "data"
-    proc = ServerProcess(data_dir).start()
-    try:
-        proc.wait_ready()
+    with served(ServerProcess(data_dir)) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"server exit code {code}:\n{proc.log()}"
