@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import closing
 
 from appliance.cli import UserError
 
 
-def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+def data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="state directory (APPLIANCE_DATA_DIR, default ./data)")
 
 
-def _store(args: argparse.Namespace):
+def data_dir_of(args: argparse.Namespace) -> str:
+    return args.data_dir or os.environ.get("APPLIANCE_DATA_DIR") or "./data"
+
+
+def open_store(args: argparse.Namespace) -> closing:
+    """The control store of --data-dir, closed when the `with` block ends."""
     from appliance.server.store import ControlStore
 
-    data_dir = args.data_dir or os.environ.get("APPLIANCE_DATA_DIR") or "./data"
-    return ControlStore.open(data_dir)
+    return closing(ControlStore.open(data_dir_of(args)))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,15 +42,15 @@ def _register_keys(subparsers: argparse._SubParsersAction) -> None:
     kcreate.add_argument("--tenant", default=None, help="the key's tenant (admin keys default to 'admin')")
     kcreate.add_argument("--admin", action="store_true", help="an admin key (may call every endpoint)")
     kcreate.add_argument("--name", default="", help="a label for the key")
-    _data_dir_arg(kcreate)
+    data_dir_arg(kcreate)
     kcreate.set_defaults(func=keys_create)
     klist = ksub.add_parser("list", help="list keys (ids, never the keys)")
     klist.add_argument("--tenant", default=None)
-    _data_dir_arg(klist)
+    data_dir_arg(klist)
     klist.set_defaults(func=keys_list)
     revoke = ksub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
-    _data_dir_arg(revoke)
+    data_dir_arg(revoke)
     revoke.set_defaults(func=keys_revoke)
     keys.set_defaults(func=lambda args: keys.print_help() or 2)
 
@@ -56,13 +61,11 @@ def keys_create(args: argparse.Namespace) -> int:
     tenant = args.tenant or (ADMIN_TENANT if args.admin else None)
     if tenant is None:
         raise UserError("--tenant is required (or --admin for an admin key)")
-    store = _store(args)
-    try:
-        key_id, key = store.create_key(tenant, "admin" if args.admin else "tenant", args.name)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        store.close()
+    with open_store(args) as store:
+        try:
+            key_id, key = store.create_key(tenant, "admin" if args.admin else "tenant", args.name)
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
     role = "admin" if args.admin else "tenant"
     print(f"created {role} key {key_id} for tenant {tenant}; it is shown only once:")
     print(key)
@@ -70,11 +73,8 @@ def keys_create(args: argparse.Namespace) -> int:
 
 
 def keys_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         keys = store.list_keys(args.tenant)
-    finally:
-        store.close()
     print(f"{'ID':<14} {'TENANT':<20} {'ROLE':<7} {'STATUS':<8} {'CREATED':<26} NAME")
     for k in keys:
         status = "revoked" if k["revoked_at"] else "active"
@@ -84,11 +84,8 @@ def keys_list(args: argparse.Namespace) -> int:
 
 
 def keys_revoke(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         revoked = store.revoke_key(args.key_id)
-    finally:
-        store.close()
     if not revoked:
         raise UserError(f"no active key with id {args.key_id!r}")
     print(f"revoked key {args.key_id}")

@@ -17,6 +17,7 @@ import urllib.request
 from urllib.parse import quote
 
 from appliance.cli import UserError
+from appliance.commands.admin import data_dir_arg, data_dir_of, open_store
 
 DEFAULT_WORDS = ("default", "none", "unlimited")
 _UNSET = object()
@@ -34,20 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _limit_args(change)
     change.set_defaults(func=tenants_set)
     listing = tsub.add_parser("list", help="list tenants")
-    _data_dir_arg(listing)
+    data_dir_arg(listing)
     listing.set_defaults(func=tenants_list)
     delete = tsub.add_parser("delete", help="delete a tenant and erase all its data")
     delete.add_argument("name")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--url", default=None, help="go through this running server (needs an admin key)")
     delete.add_argument("--api-key", default=None, help="admin key for --url (APPLIANCE_API_KEY)")
-    _data_dir_arg(delete)
+    data_dir_arg(delete)
     delete.set_defaults(func=tenants_delete)
     tenants.set_defaults(func=lambda args: tenants.print_help() or 2)
-
-
-def _data_dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="state directory (APPLIANCE_DATA_DIR, default ./data)")
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
@@ -59,17 +56,7 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queued-tokens", default=_UNSET,
                    help="prompt tokens waiting to start, or 'default' (the server's setting)")
     p.add_argument("--weight", default=_UNSET, help="share of the engine under contention (default 1.0)")
-    _data_dir_arg(p)
-
-
-def _store(args: argparse.Namespace):
-    from appliance.server.store import ControlStore
-
-    return ControlStore.open(_data_dir(args))
-
-
-def _data_dir(args: argparse.Namespace) -> str:
-    return args.data_dir or os.environ.get("APPLIANCE_DATA_DIR") or "./data"
+    data_dir_arg(p)
 
 
 def _fields(args: argparse.Namespace) -> dict:
@@ -109,11 +96,8 @@ def tenants_create(args: argparse.Namespace) -> int:
     fields = _fields(args)
     quota = fields.pop("token_quota_per_day", None)
     rpm = fields.pop("requests_per_minute", None)
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         tenant = _call(store.create_tenant, args.name, quota, rpm, **fields)
-    finally:
-        store.close()
     print(f"created tenant {tenant.name} ({_describe(tenant)})")
     return 0
 
@@ -123,21 +107,15 @@ def tenants_set(args: argparse.Namespace) -> int:
     if not fields:
         raise UserError("nothing to change: give --token-quota, --rpm, --max-concurrent, "
                         "--max-queued-tokens or --weight")
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         tenant = _call(store.update_tenant, args.name, **fields)
-    finally:
-        store.close()
     print(f"updated tenant {tenant.name} ({_describe(tenant)})")
     return 0
 
 
 def tenants_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         tenants = store.list_tenants()
-    finally:
-        store.close()
     print(f"{'NAME':<24} {'TOKENS/DAY':>12} {'REQ/MIN':>9} {'CONCURRENT':>10} {'QUEUED TOK':>10} "
           f"{'WEIGHT':>7}  CREATED")
     for t in tenants:
@@ -182,16 +160,13 @@ def _confirm(args: argparse.Namespace) -> None:
 def _delete_local(args: argparse.Namespace) -> dict:
     from appliance.server.tenant_erase import check_deletable, erase_offline
 
-    store = _store(args)
-    try:
+    with open_store(args) as store:
         _call(check_deletable, store, args.name)  # before the slow part (loading the embedder)
         rag = _open_rag(args)
         try:
             return _call(erase_offline, store, rag, args.name)
         finally:
             rag.close()
-    finally:
-        store.close()
 
 
 def _open_rag(args: argparse.Namespace):
@@ -201,9 +176,9 @@ def _open_rag(args: argparse.Namespace):
 
     qdrant_url = os.environ.get("APPLIANCE_QDRANT_URL") or None
     try:
-        return RagService(Path(_data_dir(args)), qdrant_url)
+        return RagService(Path(data_dir_of(args)), qdrant_url)
     except StoreBusyError:
-        raise UserError(f"a running server owns {_data_dir(args)}; delete through it: appliance tenants "
+        raise UserError(f"a running server owns {data_dir_of(args)}; delete through it: appliance tenants "
                         f"delete {args.name} --url URL --api-key ADMIN_KEY") from None
 
 

@@ -6,6 +6,7 @@ closes it with no result. The dialogs differ only in their fields and what submi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from textual.screen import ModalScreen
@@ -15,6 +16,7 @@ ResultT = TypeVar("ResultT")
 
 
 class FormScreen(ModalScreen[ResultT]):
+    submit: Callable[[], None]  # each dialog defines it: validate its fields, then send or dismiss
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.submit()
@@ -28,6 +30,3 @@ class FormScreen(ModalScreen[ResultT]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
-
-    def submit(self) -> None:
-        raise NotImplementedError
