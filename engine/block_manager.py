@@ -102,6 +102,11 @@ class BlockManager:
         """Blocks holding a prefix that no live request references (what the stats call cached)."""
         return len(self.cached_lru) + self.num_idle_pinned_blocks()
 
+    @property
+    def num_unpinned_tokens(self) -> int:
+        """Tokens the pool can hold outside pinned blocks."""
+        return (self.num_blocks - len(self.pinned_ids)) * self.block_size
+
     def blocks_needed(self, num_tokens: int) -> int:
         return (num_tokens + self.block_size - 1) // self.block_size
 

@@ -45,7 +45,6 @@ class LLMEngine:
         self.runner = ModelRunner(config, ckpt)
         del ckpt  # the runner holds its own copy of the weights
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        self.model_vocab_size = self.model_config.vocab_size
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
@@ -79,8 +78,8 @@ class LLMEngine:
         if not self.block_manager.can_ever_hold(seq, len(ids) + params.max_tokens):
             raise InvalidRequestError(
                 f"the request needs {len(ids) + params.max_tokens} tokens of KV cache but only "
-                f"{self._unpinned_tokens()} are not pinned; reduce the prompt or max_tokens, or unpin "
-                "prefixes", "messages", "context_length_exceeded")
+                f"{self.block_manager.num_unpinned_tokens} are not pinned; reduce the prompt or "
+                "max_tokens, or unpin prefixes", "messages", "context_length_exceeded")
         detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop, params.include_stop_str_in_output)
         self.requests[request_id] = Request(seq, detok, pin=pin)
         self.scheduler.add(seq)
@@ -91,10 +90,6 @@ class LLMEngine:
         """Prompt plus completion tokens one request may use: the model's context or the KV pool."""
         return min(self.max_model_len, self.block_manager.num_blocks * self.config.block_size)
 
-    def _unpinned_tokens(self) -> int:
-        bm = self.block_manager
-        return (bm.num_blocks - bm.num_pinned_blocks()) * bm.block_size
-
     def validate(self, request_id: str, ids: list[int], params: SamplingParams,
                  weight: float = 1.0) -> None:
         params.validate()
@@ -102,7 +97,7 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
-        vocab = self.model_vocab_size
+        vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if any(t >= vocab for t in params.stop_token_ids):
