@@ -1,9 +1,10 @@
 """Continuous batching: every step fills a token budget from running decodes, then prefill chunks.
 
-Order within a step: running sequences that decode (one token each), then running sequences that are
-part-way through a chunked prefill, then waiting sequences. Waiting sequences are admitted fairly
-across groups (tenants, see fairness.py); within a group the longest cached prefix goes first, or
-arrival order once the group's oldest request has waited long. When blocks run out, the newest
+Order within a step: running sequences that decode (one token each), then prefill work: running
+sequences part-way through a chunked prefill and waiting sequences to admit, interleaved across
+groups (tenants) by weighted fair queuing over prompt tokens (see fairness.py and _prefill_order).
+Within a group, running chunks come first, then waiting requests with the longest cached prefix, or
+in arrival order once the group's oldest request has waited long. When blocks run out, the newest
 running sequence is preempted: its blocks are freed and it is recomputed later from its tokens
 (prompt plus what it had generated), so its output is unchanged. A sequence that cannot fit even
 alone (pinned blocks took the room) is handed back as unschedulable instead of looping forever.
@@ -57,7 +58,14 @@ class ScheduledBatch:
 class _Candidate:
     seq: Sequence
     hits: list[int]
-    rank: tuple  # order within its group
+
+
+@dataclass(slots=True)
+class _Prefill:
+    """A piece of prefill work: a running sequence's next chunk (hits None) or a waiting request."""
+    seq: Sequence
+    hits: list[int] | None
+    tag: float  # virtual finish tag (see Scheduler._prefill_order)
 
 
 class Scheduler:
@@ -104,30 +112,46 @@ class Scheduler:
 
     # --- one step --------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
-        """Decodes first; then prefill chunks of groups served less than every waiting group; then
-        admissions; then the other chunks. So a group that floods the engine with long prompts cannot
-        hold the budget while a less-served group waits (its chunks take what is left)."""
+        """Decodes first; then prefill work (running chunks and admissions) in fair order."""
         batch = ScheduledBatch()
         decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
-        chunks = [s for s in self.running if s.num_uncomputed_tokens > 1]
-        ahead, behind = self._split_chunks(chunks)
-        budget = self._schedule_running(batch, decodes + ahead, self.max_num_batched_tokens)
-        if not batch.preempted:
-            budget = self._schedule_waiting(batch, budget)
-        self._schedule_running(batch, behind, budget)
+        budget = self._schedule_running(batch, decodes, self.max_num_batched_tokens)
+        can_admit = not batch.preempted
+        inflight = self._inflight_hashes() if self.waiting else set()
+        for work in self._prefill_order():
+            if budget == 0:
+                break
+            if work.hits is None:
+                budget = self._schedule_running(batch, [work.seq], budget)
+                can_admit = can_admit and not batch.preempted
+            elif can_admit and len(self.running) < self.max_num_seqs:
+                budget, can_admit = self._try_admit(work, batch, budget, inflight)
         assert batch.num_tokens <= self.max_num_batched_tokens
         return batch
 
-    def _split_chunks(self, chunks: list[Sequence]) -> tuple[list[Sequence], list[Sequence]]:
-        """Chunks that go before admissions (their group is served less than every waiting group)."""
-        waiting = {s.group: self.fair.counter(s.group) for s in self.waiting}
+    def _prefill_order(self) -> list[_Prefill]:
+        """Running chunks and waiting requests by virtual finish tag (weighted fair queuing).
 
-        def first(group: str) -> bool:
-            mine = self.fair.counter(group)
-            return all(mine <= c for g, c in waiting.items() if g != group)
-
-        ahead = [s for s in chunks if first(s.group)]
-        return ahead, [s for s in chunks if not first(s.group)]
+        A group's k-th piece of prefill work finishes, in virtual time, at the group's counter plus
+        the prompt tokens of its first k pieces over its weight. Taking work in tag order interleaves
+        the groups by what each has been served: a light group's request goes ahead of most of a
+        flood's pending prefill, and its later chunks are not left behind the flood's chunks.
+        """
+        per_group: dict[str, list[tuple[Sequence, list[int] | None, int]]] = {}
+        for seq in self.running:
+            if seq.num_uncomputed_tokens > 1:
+                per_group.setdefault(seq.group, []).append((seq, None, seq.num_uncomputed_tokens))
+        for cand in self._candidates():
+            cost = cand.seq.num_tokens - len(cand.hits) * self.bm.block_size
+            per_group.setdefault(cand.seq.group, []).append((cand.seq, cand.hits, cost))
+        order = []
+        for group, items in per_group.items():
+            tag = self.fair.counter(group)
+            for seq, hits, cost in items:
+                tag += cost / seq.weight
+                order.append(_Prefill(seq, hits, tag))
+        order.sort(key=lambda w: w.tag)
+        return order
 
     def postprocess(self, batch: ScheduledBatch) -> int:
         """After the model ran: advance progress, name the blocks filled; returns prompt tokens computed."""
@@ -191,29 +215,23 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # --- admissions ------------------------------------------------------------------------------
-    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> int:
-        if not self.waiting:
-            return budget
-        inflight = self._inflight_hashes()
-        candidates = self._candidates()
-        while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
-            cand = min(candidates, key=lambda c: (self.fair.counter(c.seq.group), c.rank))
-            candidates.remove(cand)
-            seq = cand.seq
-            hits = self.bm.revalidate(seq, cand.hits)  # an admission this step may have evicted some
-            if self._waits_for_inflight(seq, hits, inflight):
-                continue  # another request is computing this prefix right now: reuse it next step
-            n = min(seq.num_tokens - len(hits) * self.bm.block_size, budget)
-            if not self.bm.can_admit(seq, hits, n):
-                if not self.running:  # nothing holds blocks but pins: it will never fit
-                    self.waiting.remove(seq)
-                    batch.unschedulable.append(seq)
-                    continue
-                return budget  # head-of-line: do not let smaller requests starve a large one
-            self._admit(seq, hits, n, batch)
-            inflight.update(seq.block_hashes[len(hits):])
-            budget -= n
-        return budget
+    def _try_admit(self, work: _Prefill, batch: ScheduledBatch, budget: int,
+                   inflight: set[bytes]) -> tuple[int, bool]:
+        """Admit one waiting request if it fits; returns the budget left and whether to admit more."""
+        seq = work.seq
+        hits = self.bm.revalidate(seq, work.hits)  # an admission this step may have evicted some
+        if self._waits_for_inflight(seq, hits, inflight):
+            return budget, True  # another request is computing this prefix right now: reuse it next step
+        n = min(seq.num_tokens - len(hits) * self.bm.block_size, budget)
+        if not self.bm.can_admit(seq, hits, n):
+            if not self.running:  # nothing holds blocks but pins: it will never fit
+                self.waiting.remove(seq)
+                batch.unschedulable.append(seq)
+                return budget, True
+            return budget, False  # head-of-line: do not let smaller requests starve a large one
+        self._admit(seq, hits, n, batch)
+        inflight.update(seq.block_hashes[len(hits):])
+        return budget - n, True
 
     def _admit(self, seq: Sequence, hits: list[int], n: int, batch: ScheduledBatch) -> None:
         self.waiting.remove(seq)
@@ -228,7 +246,7 @@ class Scheduler:
         self._add_to_batch(batch, seq, n)
 
     def _candidates(self) -> list[_Candidate]:
-        """Per group, its first waiting requests with their cache hits and their rank in the group."""
+        """Per group, its first waiting requests with their cache hits, in the group's order."""
         by_group: dict[str, list[Sequence]] = {}
         for seq in self.waiting:
             queue = by_group.setdefault(seq.group, [])
@@ -239,9 +257,10 @@ class Scheduler:
         for queue in by_group.values():
             head = queue[0]
             fcfs = head.num_preemptions > 0 or now - head.arrival_time > MAX_WAIT_BEFORE_FCFS_S
-            for i, seq in enumerate(queue):
-                hits = self.bm.lookup_prefix(seq)
-                out.append(_Candidate(seq, hits, (i,) if fcfs else (-len(hits), i)))
+            ranked = [(seq, self.bm.lookup_prefix(seq)) for seq in queue]
+            if not fcfs:
+                ranked.sort(key=lambda pair: -len(pair[1]))  # stable: arrival order among equals
+            out.extend(_Candidate(seq, hits) for seq, hits in ranked)
         return out
 
     def _inflight_hashes(self) -> set[bytes]:

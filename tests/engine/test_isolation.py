@@ -238,3 +238,23 @@ def test_a_flooding_groups_chunks_yield_to_a_less_served_arrival():
     batch = sched.schedule()
     assert batch.seqs[0] is late and batch.num_new_tokens[0] == 200
     sched.check_invariants()
+
+
+def test_a_less_served_groups_later_chunks_do_not_wait_behind_a_flood():
+    """B's prompt needs several chunks: each goes ahead of A's long prefill, so B's prefill ends in
+    the few steps its own tokens take. Failed before weighted fair ordering (B took 19 steps): once B
+    was running and nothing waited, every chunk went in admission order, A's first."""
+    bm = BlockManager(2000, 16)
+    sched = Scheduler(EngineConfig(max_num_seqs=64, max_num_batched_tokens=10_000), bm)
+    for i in range(4):
+        sched.add(Sequence(f"a{i}", [3000 + i] * 3000, 600, SamplingParams(), group="A"))
+    sched.postprocess(sched.schedule())  # a0-a2 decode now; a3 has 2,000 prompt tokens to go
+    sched.max_num_batched_tokens = 128
+    late = Sequence("b", [7] * 400, 400, SamplingParams(), group="B")
+    sched.add(late)
+    num_steps = 0
+    while late.num_computed_tokens < late.num_prompt_tokens and num_steps < 40:
+        sched.postprocess(sched.schedule())
+        sched.check_invariants()
+        num_steps += 1
+    assert num_steps <= 4, f"B's 400-token prefill took {num_steps} steps"  # 3 decodes + 125 tokens a step
