@@ -1,0 +1,61 @@
+"""Prompt-injection markers: instruction-like text inside a retrieved chunk.
+
+A chunk is data the model is told to read, yet whatever it says lands in the prompt next to the
+operator's instructions. Text written to steer a model ("ignore the previous instructions", chat
+template tokens, "do not tell the user", a markdown image that carries data off to a URL) has no
+business in a knowledge base, so such chunks are flagged where they are retrieved and counted per
+collection: an operator sees a poisoned document before it shapes many answers.
+
+These are signals, not a filter: a few regular expressions of the known shapes, cheap enough
+(microseconds per chunk) to run on every retrieved chunk; they miss paraphrased attacks and may flag
+a document that discusses prompt injection. Nothing is removed from the prompt.
+"""
+
+from __future__ import annotations
+
+import re
+
+_I = re.IGNORECASE
+
+MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # "Ignore all previous instructions", "disregard the above rules", "forget your prior prompt"
+    ("ignore_instructions", re.compile(
+        r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?(?:the\s+|your\s+|these\s+)?"
+        r"(?:previous|prior|above|earlier|preceding|original|system)\s+"
+        r"(?:instructions?|prompts?|directions?|rules|guidelines|context)\b", _I)),
+    # "You are now DAN", "from now on you will", "pretend that you are"
+    ("role_override", re.compile(
+        r"\b(?:you\s+are\s+now\b|from\s+now\s+on,?\s+you\s+(?:are|will|must|should)\b|"
+        r"pretend\s+(?:to\s+be|that\s+you\s+are|you\s+are)\b|you\s+must\s+now\s+act\s+as\b)", _I)),
+    # "reveal your system prompt", "print the hidden instructions"
+    ("prompt_leak", re.compile(
+        r"\b(?:reveal|print|show|repeat|output|disclose|leak)\s+(?:your|the)\s+"
+        r"(?:system\s+prompt|(?:initial|original|hidden|secret|system)\s+(?:instructions|prompt))\b", _I)),
+    # Role and turn tokens of common chat templates, which no document needs
+    ("chat_template", re.compile(
+        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id)\|>|"
+        r"\[/?INST\]|<</?SYS>>|^\s*#{2,}\s*(?:system|instruction)s?\s*:?\s*$", _I | re.MULTILINE)),
+    # "New instructions:", or a note that tells the assistant what it must do
+    ("injected_instructions", re.compile(
+        r"\b(?:new|updated|additional|real|actual|secret)\s+instructions?\s*:|"
+        r"\b(?:ai|assistant|language\s+model|llm|chatbot)s?\b[^.\n]{0,40}?\b(?:must|should|has\s+to|"
+        r"needs\s+to)\s+(?:now\s+|always\s+)?(?:ignore|say|output|include|insert|tell|recommend|reveal)\b",
+        _I)),
+    # Hide things from the reader: "do not tell the user", "without informing the user"
+    ("conceal_from_user", re.compile(
+        r"\b(?:do\s+not|don't|never)\s+(?:tell|inform|mention\s+(?:this|these\s+instructions)\s+to|"
+        r"reveal\s+(?:this|these\s+instructions)\s+to)\s+the\s+user\b|"
+        r"\bwithout\s+(?:telling|informing|alerting)\s+the\s+user\b", _I)),
+    # Data carried off in an auto-loaded markdown image URL, or a request to send the chat away
+    ("exfiltration", re.compile(
+        r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?&][^)\s]*=|"
+        r"\b(?:send|post|forward|email|upload)\s+(?:the|this|your|all)\s+(?:whole\s+|entire\s+)?"
+        r"(?:conversation|chat|data|history|credentials|api\s+keys?|passwords?)\b", _I)),
+)
+
+MARKER_NAMES = tuple(name for name, _ in MARKERS)
+
+
+def injection_markers(text: str) -> list[str]:
+    """The names of the markers found in `text`, in the order of MARKERS; empty for clean text."""
+    return [name for name, pattern in MARKERS if pattern.search(text)]
