@@ -75,7 +75,7 @@ class Scheduler:
         self.bm = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.fair = FairShare()
+        self.fair = FairShare(arrival_lead=config.max_num_batched_tokens)
         self.num_preemptions = 0
 
     @property

@@ -21,6 +21,7 @@ from engine import (
     SamplingParams,
 )
 from engine.block_manager import BlockManager
+from engine.fairness import FairShare
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
@@ -258,3 +259,20 @@ def test_a_less_served_groups_later_chunks_do_not_wait_behind_a_flood():
         sched.check_invariants()
         num_steps += 1
     assert num_steps <= 4, f"B's 400-token prefill took {num_steps} steps"  # 3 decodes + 125 tokens a step
+
+
+def test_a_returning_group_leads_by_at_most_one_step():
+    """A group back from idle starts one step's budget below the least-served active group; a group
+    that stays active earns no further lead, and an idle group's past service is forgotten."""
+    fair = FairShare(arrival_lead=100.0)
+    fair.activate("A")
+    fair.charge("A", 1000, 1.0)
+    fair.activate("B")
+    assert fair.counter("B") == fair.counter("A") - 100.0
+    fair.activate("B")  # a second live request: no second lead
+    assert fair.counter("B") == fair.counter("A") - 100.0
+    for _ in range(2):
+        fair.deactivate("B")
+    fair.charge("A", 50, 1.0)
+    fair.activate("B")
+    assert fair.counter("B") == 950.0
