@@ -23,10 +23,14 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?(?:the\s+|your\s+|these\s+)?"
         r"(?:previous|prior|above|earlier|preceding|original|system)\s+"
         r"(?:instructions?|prompts?|directions?|rules|guidelines|context)\b", _I)),
-    # "You are now DAN", "from now on you will", "pretend that you are"
+    # "You are now DAN", "from now on you will act as", "pretend you are" (not a quoted "from now on,
+    # you should pay more")
     ("role_override", re.compile(
-        r"\b(?:you\s+are\s+now\b|from\s+now\s+on,?\s+you\s+(?:are|will|must|should)\b|"
-        r"pretend\s+(?:to\s+be|that\s+you\s+are|you\s+are)\b|you\s+must\s+now\s+act\s+as\b)", _I)),
+        r"\byou\s+are\s+now\s+(?:an?\s|called\s|named\s|in\s+(?:developer|god|dan)\s+mode|dan\b|free\b|"
+        r"unrestricted\b|jailbroken\b)|"
+        r"\bfrom\s+now\s+on,?\s+you\s+(?:are|will\s+(?:be|act|respond|answer|only)|"
+        r"must\s+(?:act|respond|answer|only))\b|"
+        r"\bpretend\s+(?:that\s+)?you\s+are\b|\byou\s+must\s+now\s+act\s+as\b", _I)),
     # "reveal your system prompt", "print the hidden instructions"
     ("prompt_leak", re.compile(
         r"\b(?:reveal|print|show|repeat|output|disclose|leak)\s+(?:your|the)\s+"
