@@ -44,6 +44,7 @@ def build_stats(state: AppState, s, usage: dict) -> dict:
                    "generation_tokens": s.generation_tokens_total, "engine_steps": s.num_steps},
         "tenants": usage,
         "admission": state.admission.snapshot(),
+        "quality": state.metrics.quality.snapshot(),
     }
 
 

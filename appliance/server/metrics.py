@@ -2,7 +2,8 @@
 
 Engine-owned numbers (KV usage, running/waiting, prefix-cache tokens, preemptions) are read from the
 engine's stats at scrape time; request-level numbers (TTFT, TPOT, e2e, queue time, token counts,
-finish reasons) are observed by the handlers. A small hand-written registry: no extra dependency.
+finish reasons) are observed by the handlers; answer quality, retrieval drift and injection flags
+come from quality_stats. A small hand-written registry: no extra dependency.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from appliance.server.quality_stats import MetricFamily, QualityStats
 
 if TYPE_CHECKING:
     from engine import EngineStats
@@ -150,6 +153,7 @@ class ServerMetrics:
         self.retrieval = Histogram("retrieval_latency_seconds", "Retrieval latency (embed + search).")
         self.windows = {name: Window() for name in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "retrieval_s")}
         self.rates = RateWindow()
+        self.quality = QualityStats()
 
     def observe_request(self, ttft: float | None, e2e: float, queue: float | None,
                         num_output_tokens: int, finish_reason: str) -> None:
@@ -184,7 +188,17 @@ class ServerMetrics:
                            self.http_requests, self.rejections, self.ingest_documents, self.ingest_chunks,
                            self.ttft, self.tpot, self.e2e, self.queue, self.retrieval):
                 lines += metric.render()
+        for family in self.quality.metric_families():
+            lines += _family_lines(family)
         return "\n".join(lines) + "\n"
+
+
+def _family_lines(family: MetricFamily) -> list[str]:
+    full = PREFIX + family.name
+    lines = [f"# HELP {full} {family.help}", f"# TYPE {full} {family.kind}"]
+    lines += [f"{full}{suffix}{_labels(tuple(sorted(pairs.items())))} {_num(value)}"
+              for suffix, pairs, value in family.samples]
+    return lines
 
 
 def _engine_lines(s: EngineStats, num_queued: int) -> list[str]:

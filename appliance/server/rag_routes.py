@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import aclosing
+from functools import partial
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from appliance.server.errors import ApiError, bad_request, not_found, timed_out
 from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
 from appliance.server.openai_params import parse_sampling
 from appliance.server.params import Body, read_json, too_large
+from appliance.server.quality_stats import note_answer, note_retrieval
 from appliance.server.sse import SseWriter
 from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
 from appliance.server.store import valid_name
@@ -69,6 +72,7 @@ async def _retrieve(state: AppState, tenant: str, body: Body, default_top_k: int
     if hits is None:
         raise _missing(collection)
     state.metrics.observe_retrieval(time.monotonic() - started)
+    note_retrieval(state, tenant, collection, mode, query, hits)
     return query, hits
 
 
@@ -89,6 +93,7 @@ async def query(request: web.Request) -> web.StreamResponse:
         body.data["temperature"] = 0.0  # grounded answers: greedy unless asked otherwise
     tenant = principal_of(request).tenant
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
+    collection = body.string("collection")  # checked by _retrieve
     prompt = build_rag_prompt(system, hits, question)
     prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
     if state.config.log_prompts:
@@ -102,29 +107,36 @@ async def query(request: web.Request) -> web.StreamResponse:
     head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
     with admitted(state, ctx, job) as ticket:
         if stream:
-            return await _stream_answer(request, state, ctx, job, ticket, head, prompt.sources)
+            answered = partial(note_answer, state, tenant, collection, hits=hits)
+            return await _stream_answer(request, state, ctx, job, ticket, head, prompt.sources, answered)
         parts, finish_reason = [], None
         async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
             async for out in outputs:
                 parts.append(out.text_delta)
                 finish_reason = out.finish_reason if out.finished else None
-    return web.json_response({**head, "object": "rag.answer", "answer": "".join(parts).strip(),
+    answer = "".join(parts).strip()
+    note_answer(state, tenant, collection, answer, hits)
+    return web.json_response({**head, "object": "rag.answer", "answer": answer,
                               "sources": prompt.sources, "finish_reason": finish_reason,
                               "usage": usage_dict(ctx)})
 
 
 async def _stream_answer(request: web.Request, state: AppState, ctx: RequestContext, job: Job, ticket,
-                         head: dict, sources: list[dict]) -> web.StreamResponse:
+                         head: dict, sources: list[dict],
+                         answered: Callable[[str], None]) -> web.StreamResponse:
+    """`answered(text)` is called with the whole answer once it is generated."""
     sse = SseWriter(request, ctx)
     chunk = {**head, "object": "rag.answer.chunk"}
     try:
         await sse.start()
-        finish_reason = None
+        parts, finish_reason = [], None
         async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
             async for out in outputs:
                 if out.text_delta:
+                    parts.append(out.text_delta)
                     await sse.send({**chunk, "delta": out.text_delta, "finish_reason": None})
                 finish_reason = out.finish_reason if out.finished else None
+        answered("".join(parts).strip())
         await sse.send({**chunk, "delta": "", "finish_reason": finish_reason, "sources": sources,
                         "usage": usage_dict(ctx)})
         if ctx.cutoff is not None:  # the quota ran out: finish_reason "length", then why
