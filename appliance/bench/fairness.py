@@ -16,16 +16,16 @@ import contextlib
 import json
 from pathlib import Path
 
-from appliance.bench_serve import (
+from appliance.bench.serve import (
     OwnServer,
     Workload,
     chat_workload,
     model_id,
-    percentiles,
     run_against_server,
     send,
     server_url,
 )
+from appliance.bench.stats import percentiles
 
 TENANTS = ("flood", "light")
 

@@ -7,6 +7,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from appliance.bench.stats import percentiles
 from appliance.bench.workload import load_chunk_pool, rag_requests
 
 
@@ -72,21 +73,17 @@ def closed_loop(engine, prompts: list[list[int]], params, concurrency: int) -> L
                       generated)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def report_rag(off: LoadResult, on: LoadResult) -> None:
     print(f"\n{'prefix cache':14} {'prefill tok':>11} {'hit tok':>8} {'seconds':>8} {'req/s':>6} "
           f"{'gen tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9}")
+    ttft = {"off": percentiles(off.ttfts), "on": percentiles(on.ttfts)}
     for name, r in (("off", off), ("on", on)):
         print(f"{name:14} {r.prefill_tokens:11d} {r.hit_tokens:8d} {r.seconds:8.2f} "
               f"{len(r.ttfts) / r.seconds:6.2f} {r.generated / r.seconds:9.1f} "
-              f"{pct(r.ttfts, 0.5) * 1e3:7.0f}ms {pct(r.ttfts, 0.95) * 1e3:7.0f}ms")
+              f"{ttft[name]['p50'] * 1e3:7.0f}ms {ttft[name]['p95'] * 1e3:7.0f}ms")
     print(f"cache on vs off: throughput {off.seconds / on.seconds:.2f}x, prefill tokens "
           f"{on.prefill_tokens / off.prefill_tokens:.1%} of off, TTFT p50 "
-          f"{pct(off.ttfts, 0.5) / pct(on.ttfts, 0.5):.2f}x faster")
+          f"{ttft['off']['p50'] / ttft['on']['p50']:.2f}x faster")
 
 
 def report_long_prefix(engine, target_tokens: int) -> None:

@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.bench_serve import (
+from appliance.bench.serve import (
     OwnServer,
     chat_workload,
     model_id,
-    percentiles,
     run_against_server,
     server_url,
     short_workload,
 )
+from appliance.bench.stats import percentiles
 
 SETTLE_POLL_S = 0.2
 

@@ -9,8 +9,8 @@ import importlib
 BENCHMARKS = {
     "engine": "appliance.bench.engine",
     "prefix": "appliance.bench.prefix",
-    "ingest": "appliance.bench_ingest",
-    "serve": "appliance.bench_serve",
+    "ingest": "appliance.bench.ingest",
+    "serve": "appliance.bench.serve",
     "soak": "appliance.bench.soak",
     "fairness": "appliance.bench.fairness",
 }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from appliance.bench_serve import Sample, percentiles, run_load, short_workload, summarize
+from appliance.bench.serve import Sample, run_load, short_workload, summarize
+from appliance.bench.stats import percentiles
 from tests.server.helpers import ADMIN_KEY
 
 
@@ -25,9 +26,11 @@ def test_failed_requests_are_counted_not_raised(server, run):
 
 
 def test_percentiles_and_summary_arithmetic():
-    assert percentiles([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
+    assert percentiles([]) == {"mean": None, "p50": None, "p90": None, "p95": None, "p99": None}
     stats = percentiles([float(i) for i in range(1, 101)])
     assert stats["p50"] == 50.0 and stats["p90"] == 90.0 and stats["p99"] == 99.0 and stats["mean"] == 50.5
+    assert stats["p95"] == 95.0
+    assert percentiles([3.0, 1.0, 2.0]) == {"mean": 2.0, "p50": 2.0, "p90": 3.0, "p95": 3.0, "p99": 3.0}
     samples = [Sample(ok=True, start=0.0, ttft=1.0, e2e=3.0, itl=[1.0, 1.0], output_tokens=3,
                       prompt_tokens=10)]
     row = summarize("one", samples, 2.0)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-rag"
-SAMPLES = Path(__file__).resolve().parent / "samples"
+from appliance.bench.stats import percentiles
+
+SQUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad-rag"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SAMPLE_QUESTIONS = ["Who built the Varnholm lighthouse?", "Who runs the Brindle Street Bakery today?",
                     "When did the lighthouse become fully automatic?", "What is the bakery famous for?"]
 BENCH_COLLECTION = "bench"
@@ -196,17 +196,6 @@ async def _poisson(session, url: str, workload: Workload, rate: float, seed: int
 
 
 # --- summary --------------------------------------------------------------------------------------
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:  # nearest rank
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-    return {"mean": statistics.fmean(ordered), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
-
-
 def summarize(label: str, samples: list[Sample], duration: float) -> dict:
     ok = [s for s in samples if s.ok]
     out_tokens = sum(s.output_tokens for s in ok)
