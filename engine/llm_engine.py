@@ -227,6 +227,7 @@ class LLMEngine:
             req.first_output_sent = True
             first = seq.first_scheduled_time or time.monotonic()
             out.queue_time_s = first - seq.arrival_time
+            out.scheduled_at = first
         return out
 
     def _stop_reason(self, req: Request, token: int) -> str | None:

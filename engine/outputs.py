@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 
@@ -30,6 +31,10 @@ class RequestOutput:
     # Time the request spent queued before its first scheduled step, filled on the first output.
     queue_time_s: float | None = None
     error: str | None = None  # why, when finish_reason is "error"
+    # The engine's clock (time.monotonic()): when this item was made, and, on the first output, when
+    # the request was first scheduled. A request's trace places its queue/prefill/decode stages by them.
+    created_at: float = field(default_factory=time.monotonic)
+    scheduled_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -1,17 +1,24 @@
 """Query side: embed the question, search the tenant's collection, return hits best first.
 
 Modes: `hybrid` (dense + BM25, reciprocal-rank fused inside Qdrant), `dense`, `sparse` (BM25 only).
+The two steps are OpenTelemetry spans (`embed`, `search`) through the API alone: they join the
+caller's trace when it has one (the server's request traces) and cost next to nothing otherwise.
+The search span names the prompt-injection markers found in the hits.
 """
 
 from __future__ import annotations
 
+from opentelemetry import trace
+
 from rag.embedder import Embedder
+from rag.injection import injection_markers
 from rag.settings import SEARCH_MODES, RagSettings
 from rag.sparse import Bm25Encoder
 from rag.store.base import VectorStore
 from rag.types import Hit, Scope
 
 MAX_TOP_K = 100
+_tracer = trace.get_tracer("rag")
 
 
 class Retriever:
@@ -29,12 +36,18 @@ class Retriever:
         """Several queries at once: their embeddings are computed in one batch."""
         mode = _check(mode or self._settings.default_mode, top_k)
         texts = [_clean(query) for query in queries]
-        dense = [None] * len(texts) if mode == "sparse" else list(self._embedder.embed(texts))
-        sparse = [None] * len(texts) if mode == "dense" else [self._bm25.embed_query(t) for t in texts]
-        return [
-            self._store.search(scope, d, s, top_k, self._settings.hybrid)
-            for d, s in zip(dense, sparse, strict=True)
-        ]
+        with _tracer.start_as_current_span("embed", attributes={"rag.num_queries": len(texts)}):
+            dense = [None] * len(texts) if mode == "sparse" else list(self._embedder.embed(texts))
+            sparse = [None] * len(texts) if mode == "dense" else [self._bm25.embed_query(t) for t in texts]
+        search_attributes = {"rag.mode": mode, "rag.top_k": top_k}
+        with _tracer.start_as_current_span("search", attributes=search_attributes) as span:
+            results = [
+                self._store.search(scope, d, s, top_k, self._settings.hybrid)
+                for d, s in zip(dense, sparse, strict=True)
+            ]
+            if span.is_recording():
+                span.set_attribute("rag.injection_markers", _markers(results))
+        return results
 
 
 def _check(mode: str, top_k: int) -> str:
@@ -43,6 +56,11 @@ def _check(mode: str, top_k: int) -> str:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise ValueError(f"top_k must be an integer between 1 and {MAX_TOP_K}")
     return mode
+
+
+def _markers(results: list[list[Hit]]) -> list[str]:
+    """The prompt-injection markers found in any of the hits, each once."""
+    return sorted({marker for hits in results for hit in hits for marker in injection_markers(hit.text)})
 
 
 def _clean(query: str) -> str:

@@ -24,6 +24,7 @@ from tui.poller import PollResult, poll_once
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
+from tui.screens.requests import RequestsScreen
 from tui.screens.tenant_limits import TenantLimitsScreen, TenantUpdate, describe
 from tui.stats import CollectionRow
 from tui.widgets.admission_panel import AdmissionPanel
@@ -35,7 +36,7 @@ from tui.widgets.tenants_table import TenantsTable
 from tui.widgets.throughput_panel import ThroughputPanel
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "help"}
+MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "requests", "help"}
 
 
 class DashboardApp(App[None]):
@@ -49,6 +50,7 @@ class DashboardApp(App[None]):
         Binding("p", "toggle_admission", "Pause/resume"),
         Binding("k", "new_key", "New key"),
         Binding("e", "edit_tenant", "Edit tenant", show=False),
+        Binding("r", "requests", "Requests"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -161,6 +163,9 @@ class DashboardApp(App[None]):
     def report_error(self, message: str) -> None:
         self.query_one(MessageLine).error(message)
         self.notify(message, severity="error", timeout=8)
+
+    def action_requests(self) -> None:
+        self.push_screen(RequestsScreen(self.client, self.poll_interval_s, self.autopoll))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -103,6 +103,10 @@ class ApplianceClient:
             raise
         return list(body.get("documents", []))
 
+    async def traces(self, limit: int, order: str = "recent") -> dict:
+        """The server's request traces (GET /admin/traces), newest or slowest first."""
+        return await self._json("GET", "/admin/traces", params={"limit": str(limit), "order": order})
+
     # --- actions ---------------------------------------------------------------------------------
     async def flush_cache(self) -> int:
         return int((await self._json("POST", "/admin/cache/flush")).get("flushed_blocks", 0))

@@ -1,4 +1,5 @@
-"""`appliance bench engine|prefix|serve|ingest|soak|fairness`: each prints its numbers and a peer's."""
+"""`appliance bench engine|prefix|serve|ingest|soak|fairness|tracing`: each prints its numbers and a
+peer's."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ BENCHMARKS = {
     "serve": "appliance.bench.serve",
     "soak": "appliance.bench.soak",
     "fairness": "appliance.bench.fairness",
+    "tracing": "appliance.bench.tracing",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="run a benchmark (engine, prefix, serve, ingest, soak, fairness)")
+    p = subparsers.add_parser("bench", help=f"run a benchmark ({', '.join(BENCHMARKS)})")
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
     for name, module_name in BENCHMARKS.items():
         module = importlib.import_module(module_name)

@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from appliance.server import admin_routes, openai_routes, rag_routes
+from appliance.server import admin_routes, openai_routes, rag_routes, trace_routes
 from appliance.server.admin_routes import server_status
 from appliance.server.config import ServerConfig
 from appliance.server.gateway import gateway
@@ -87,6 +87,8 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/admission/pause", admin_routes.pause)
     r.add_post("/admin/admission/resume", admin_routes.resume)
     r.add_get("/admin/audit", admin_routes.audit)
+    r.add_get("/admin/traces", trace_routes.traces)
+    r.add_post("/admin/tracing", trace_routes.set_tracing)
 
 
 def create_app(config: ServerConfig, store: ControlStore | None = None) -> web.Application:

@@ -7,6 +7,7 @@ with an `APPLIANCE_` prefix (`max_queued_requests` -> `APPLIANCE_MAX_QUEUED_REQU
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,6 +43,8 @@ class ServerConfig:
     request_timeout_s: float = 600.0  # a generation request's server-side deadline; beyond: 504
     drain_timeout_s: float = 30.0
     log_prompts: bool = False         # store prompts in the audit log (off: never)
+    tracing: bool = True              # a trace per /v1 request: X-Trace-Id, GET /admin/traces
+    otlp_endpoint: str | None = None  # also export the spans to this OTLP/HTTP traces URL
     admin_key: str | None = None      # bootstraps an admin key (APPLIANCE_ADMIN_KEY)
     tls_cert: str | None = None       # PEM certificate (chain): serve HTTPS; needs tls_key too
     tls_key: str | None = None        # PEM private key of tls_cert
@@ -82,7 +85,20 @@ class ServerConfig:
             raise ConfigError(f"model path does not exist: {self.model}")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ConfigError("APPLIANCE_ADMIN_KEY must be at least 16 characters")
+        if self.otlp_endpoint is not None:
+            _check_otlp(self.otlp_endpoint)
         return self
+
+
+def _check_otlp(endpoint: str) -> None:
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"otlp_endpoint must be an http(s) URL, got {endpoint!r}")
+    try:
+        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError("otlp_endpoint needs the OTLP exporter: pip install 'appliance[otlp]'")
 
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,

@@ -1,4 +1,5 @@
-"""The one middleware every request passes: request id, authentication, roles, limits, errors, audit.
+"""The one middleware every request passes: request id, trace, authentication, roles, limits, errors,
+audit.
 
 Probes (/health, /metrics, /openapi.json) are public and not audited; every other request is
 authenticated with `Authorization: Bearer <key>` and written to the audit log when it ends, however
@@ -70,17 +71,21 @@ async def gateway(request: web.Request, handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await _handle(request, handler, RequestContext())
     ctx = RequestContext()
+    ctx.trace = state.tracing.start(request.method, _route_name(request), request.path, ctx.request_id)
     state.admission.enter()
-    status = 500
+    status, streamed = 500, False
     try:
-        response = await _handle(request, handler, ctx, authenticate=True)
+        with ctx.trace.current():
+            response = await _handle(request, handler, ctx, authenticate=True)
         status = STATUS_CLIENT_CLOSED if ctx.client_gone else response.status
+        streamed = response.prepared  # an SSE response is written by the handler; JSON after it
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         status = STATUS_CLIENT_CLOSED
         raise
     finally:
         state.admission.exit()
+        ctx.trace.end(status, ctx.tenant, ctx.error_code, streamed)
         await _audit(state, request, ctx, status)
 
 
@@ -92,7 +97,8 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
         if route_error is not None:
             raise _http_error(route_error)
         if authenticate:
-            await _authenticate(state_of(request), request, ctx)
+            with ctx.trace.stage("auth"):
+                await _authenticate(state_of(request), request, ctx)
         response = await handler(request)
     except ApiError as err:
         ctx.error_code = err.code or err.type
@@ -111,6 +117,7 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
         response = ApiError(500, "internal server error", None, "internal_error").response()
     if not response.prepared:
         response.headers["x-request-id"] = ctx.request_id
+        response.headers.update(ctx.trace.headers())
     return response
 
 
@@ -119,7 +126,8 @@ async def _audit(state: AppState, request: web.Request, ctx: RequestContext, sta
     state.metrics.http_requests.inc(route=route, status=str(status))
     entry = AuditEntry(ctx.tenant, ctx.principal.key_id if ctx.principal else None, request.method, route,
                        status, ctx.request_id, (time.monotonic() - ctx.started) * 1000.0, ctx.prompt_tokens,
-                       ctx.cached_tokens, ctx.completion_tokens, ctx.error_code, ctx.prompt)
+                       ctx.cached_tokens, ctx.completion_tokens, ctx.error_code, ctx.prompt,
+                       trace_id=ctx.trace.trace_id)
     try:
         await state.control.record(entry, ctx.counts_usage)
     except Exception:  # the audit must never turn a served request into an error

@@ -22,6 +22,7 @@ from appliance.server.admission import Ticket
 from appliance.server.errors import ApiError, bad_request, timed_out
 from appliance.server.limits import caps_for, quota_error
 from appliance.server.state import AppState, RequestContext
+from appliance.server.tracing import EngineTimes
 from engine import EngineDeadError, InvalidRequestError, RequestFailedError, RequestOutput, SamplingParams
 
 
@@ -66,7 +67,7 @@ async def run_job(state: AppState, ctx: RequestContext, job: Job, ticket: Ticket
                   ) -> AsyncIterator[RequestOutput]:
     """Yield the engine's outputs; raises ApiError when the engine or the server ends the request."""
     engine = state.need_engine()
-    tracker = _Tracker(time.monotonic())
+    tracker = _Tracker(EngineTimes(time.monotonic()))
     ctx.counts_usage = True
     weight = ctx.tenant_row.weight if ctx.tenant_row is not None else 1.0
     try:
@@ -92,7 +93,7 @@ async def run_job(state: AppState, ctx: RequestContext, job: Job, ticket: Ticket
     except EngineDeadError as exc:
         raise ApiError(500, f"the engine failed: {exc}", None, "engine_error") from None
     finally:
-        tracker.finish(state)
+        tracker.finish(state, ctx)
 
 
 _ENDED_BY_SERVER = frozenset({"abort", "timeout", "error"})
@@ -124,7 +125,7 @@ def _quota_spent(state: AppState, ctx: RequestContext, ticket: Ticket) -> bool:
 
 @dataclass(slots=True)
 class _Tracker:
-    started: float
+    times: EngineTimes  # from the request's hand-over to the engine; also the request's trace
     first_token_at: float | None = None
     queue_time: float | None = None
     num_output_tokens: int = 0
@@ -132,6 +133,7 @@ class _Tracker:
 
     def update(self, state: AppState, ctx: RequestContext, ticket: Ticket, out: RequestOutput) -> None:
         metrics = state.metrics
+        self.times.see(out)
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
             self.queue_time = out.queue_time_s
@@ -146,10 +148,13 @@ class _Tracker:
         if out.finished:
             self.finish_reason = out.finish_reason or "stop"
 
-    def finish(self, state: AppState) -> None:
-        ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        state.metrics.observe_request(ttft, time.monotonic() - self.started, self.queue_time,
+    def finish(self, state: AppState, ctx: RequestContext) -> None:
+        started = self.times.submitted
+        ttft = None if self.first_token_at is None else self.first_token_at - started
+        state.metrics.observe_request(ttft, time.monotonic() - started, self.queue_time,
                                       self.num_output_tokens, self.finish_reason)
+        ctx.trace.engine_stages(self.times, ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens,
+                                self.finish_reason)
 
 
 def usage_dict(ctx: RequestContext) -> dict:

@@ -95,7 +95,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = parse_messages(body)
     reject_unsupported(body)
     options = parse_stream(body)
-    prompt_ids = await asyncio.to_thread(_chat_ids, engine, messages)
+    with ctx.trace.stage("prompt"):
+        prompt_ids = await asyncio.to_thread(_chat_ids, engine, messages)
     if state.config.log_prompts:
         ctx.prompt = json.dumps(messages, ensure_ascii=False)
     job = Job(f"chatcmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
@@ -126,7 +127,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reject_unsupported(body)
     options = parse_stream(body)
     if isinstance(prompt, str):
-        prompt_ids = await asyncio.to_thread(engine.tokenizer.encode, prompt)
+        with ctx.trace.stage("prompt"):
+            prompt_ids = await asyncio.to_thread(engine.tokenizer.encode, prompt)
     else:
         prompt_ids = prompt
     if state.config.log_prompts:

@@ -154,6 +154,7 @@ _SCHEMAS: dict[str, Any] = {
         "messages": {"type": "array", "minItems": 1, "items": _ref("Message")}, "prompt": _STR,
         "tenant": {**_NAME, "description": "whose cache namespace; default: the caller's"},
         "public": {"type": "boolean", "description": "shared by every tenant"}}},
+    "TracingSwitch": {"type": "object", "required": ["enabled"], "properties": {"enabled": _BOOL}},
 }
 
 def _path_param(name: str, schema: dict | None = None) -> dict:
@@ -258,6 +259,14 @@ def _admin_paths() -> dict:
         "/admin/audit": {"get": {**_admin("Recent audit log rows", errors=(400,)), "parameters": [
             {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]}},
+        "/admin/traces": {"get": {**_admin("Recent request traces (spans per stage)", errors=(400,)),
+                                  "parameters": [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+            {"name": "order", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["recent", "slowest"]}}]}},
+        "/admin/tracing": {"post": _admin("Switch request tracing on or off", "TracingSwitch",
+                                          errors=(400,))},
     }
 
 

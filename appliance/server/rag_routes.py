@@ -94,15 +94,16 @@ async def query(request: web.Request) -> web.StreamResponse:
     tenant = principal_of(request).tenant
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
     collection = body.string("collection")  # checked by _retrieve
-    prompt = build_rag_prompt(system, hits, question)
-    prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
+    with ctx.trace.stage("prompt"):
+        prompt = build_rag_prompt(system, hits, question)
+        prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
+        params = parse_sampling(body, state, len(prompt_ids), read_top_k=False)  # top_k: chunks, not tokens
+        job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query")
+        if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
+            job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
+                                                            prompt.messages(), prompt_ids)
     if state.config.log_prompts:
         ctx.prompt = question
-    params = parse_sampling(body, state, len(prompt_ids), read_top_k=False)  # top_k: chunks, not tokens
-    job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query")
-    if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
-        job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
-                                                        prompt.messages(), prompt_ids)
     validate_job(state, job)
     head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
     with admitted(state, ctx, job) as ticket:
@@ -181,22 +182,25 @@ async def delete_document(request: web.Request) -> web.Response:
 
 async def upload_documents(request: web.Request) -> web.Response:
     """Ingest uploaded files; their bytes count against the server's upload budget until ingested."""
-    state = state_of(request)
+    state, ctx = state_of(request), ctx_of(request)
     collection = _collection(request.match_info["collection"])
     rag = state.need_rag()
     state.admission.check_open()
     hold = UploadHold(state.admission.uploads)
     try:
-        files = await _read_files(request, state.config.max_upload_bytes, hold)
+        with ctx.trace.stage("upload"):
+            files = await _read_files(request, state.config.max_upload_bytes, hold)
     except BaseException:
         hold.release()
         raise
     tenant = principal_of(request).tenant
     ingest = asyncio.ensure_future(asyncio.to_thread(_ingest_files, rag, tenant, collection, files))
     ingest.add_done_callback(lambda task: _ingest_ended(task, hold))  # held while the thread runs
+    num_files = len(files)
     del files
     try:
-        results = await asyncio.wait_for(asyncio.shield(ingest), state.config.ingest_timeout_s)
+        with ctx.trace.stage("ingest", {"appliance.num_files": num_files}):
+            results = await asyncio.wait_for(asyncio.shield(ingest), state.config.ingest_timeout_s)
     except asyncio.TimeoutError:
         raise timed_out(f"ingesting the upload took longer than the server's limit of "
                         f"{state.config.ingest_timeout_s:g} s; it goes on in the background, and "

@@ -23,6 +23,7 @@ class SseWriter:
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
             "x-request-id": ctx.request_id,
+            **ctx.trace.headers(),
         })
 
     async def start(self) -> None:

@@ -16,6 +16,7 @@ from appliance.server.errors import ApiError, unavailable
 from appliance.server.limits import TenantLimits
 from appliance.server.metrics import ServerMetrics
 from appliance.server.store import ControlStore, Principal, Tenant
+from appliance.server.tracing import NO_TRACE, RequestTrace, Tracing
 
 if TYPE_CHECKING:
     from engine import AsyncEngine
@@ -32,6 +33,7 @@ class AppState:
     metrics: ServerMetrics
     admission: Admission
     limits: TenantLimits
+    tracing: Tracing
     engine: AsyncEngine | None = None
     rag: RagService | None = None
     model_name: str = ""
@@ -44,7 +46,8 @@ class AppState:
         control = ControlPlane(store)
         admission = Admission(config.max_queued_requests, config.max_queued_tokens,
                               config.max_upload_inflight_bytes)
-        return cls(config, store, control, ServerMetrics(), admission, TenantLimits(control.usage))
+        return cls(config, store, control, ServerMetrics(), admission, TenantLimits(control.usage),
+                   Tracing(config.tracing, config.otlp_endpoint))
 
     @property
     def is_loaded(self) -> bool:
@@ -84,6 +87,7 @@ class RequestContext:
     # The server ended the generation early but kept what was made (the daily quota ran out): the
     # response finishes normally ("length") and a stream adds this error as its last event.
     cutoff: ApiError | None = None
+    trace: RequestTrace = NO_TRACE  # the request's spans (see tracing)
 
     @property
     def tenant(self) -> str | None:

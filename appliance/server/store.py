@@ -109,6 +109,7 @@ class AuditEntry:
     error_code: str | None = None
     prompt: str | None = None
     detail: str | None = None  # JSON, for rows that record an operation (e.g. what a deletion erased)
+    trace_id: str | None = None  # the request's trace (X-Trace-Id), when it was traced
 
 
 def valid_name(name: object) -> bool:
@@ -172,7 +173,7 @@ class ControlStore:
                             "route": str, "status": int, "request_id": str, "duration_ms": float,
                             "prompt_tokens": int, "cached_tokens": int, "completion_tokens": int,
                             "error_code": str, "prompt": str}, pk="id", if_not_exists=True)
-        _add_missing(db["audit"], {"detail": (str, None)})
+        _add_missing(db["audit"], {"detail": (str, None), "trace_id": (str, None)})
         db["audit"].create_index(["tenant", "time"], if_not_exists=True)
 
     # --- tenants ---------------------------------------------------------------------------------
@@ -328,7 +329,8 @@ class ControlStore:
                "route": entry.route, "status": entry.status, "request_id": entry.request_id,
                "duration_ms": round(entry.duration_ms, 3), "prompt_tokens": entry.prompt_tokens,
                "cached_tokens": entry.cached_tokens, "completion_tokens": entry.completion_tokens,
-               "error_code": entry.error_code, "prompt": entry.prompt, "detail": entry.detail}
+               "error_code": entry.error_code, "prompt": entry.prompt, "detail": entry.detail,
+               "trace_id": entry.trace_id}
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:

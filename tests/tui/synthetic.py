@@ -9,7 +9,9 @@ draws the same history. Shapes follow appliance/server/admin_routes.py exactly.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from pathlib import Path
 
 from aiohttp import web
 
@@ -47,6 +49,8 @@ USAGE = {
     "globex": {"requests": 655, "prompt_tokens": 390_210, "cached_tokens": 250_880,
                "completion_tokens": 41_930, "tokens_today": 431_140},
 }
+# /admin/traces: a trace list recorded from a real server (newest first), replayed as is.
+RECORDED_TRACES = json.loads((Path(__file__).with_name("traces_recorded.json")).read_text())["traces"]
 COLLECTIONS = {
     "handbook": [("ready", 14), ("ready", 9), ("ready", 22)],
     "manuals": [("ready", 31), ("ready", 40), ("ingesting", 0), ("failed", 0)],
@@ -101,6 +105,7 @@ class SyntheticAppliance:
         self.num_stats = 0
         self.num_metrics = 0
         self.failing: set[str] = set()  # paths answered with a 500, to show a partial outage
+        self.tracing = True  # what /admin/traces says of the server's tracing
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -112,6 +117,7 @@ class SyntheticAppliance:
     def reset(self) -> None:
         self.num_stats = self.num_metrics = 0
         self.failing = set()
+        self.tracing = True
 
     def start(self) -> SyntheticAppliance:
         self._thread.start()
@@ -132,6 +138,7 @@ class SyntheticAppliance:
         app.router.add_get("/v1/collections", self._collections)
         app.router.add_get("/v1/collections/{name}/documents", self._documents)
         app.router.add_post("/admin/cache/flush", self._flush)
+        app.router.add_get("/admin/traces", self._traces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -158,6 +165,14 @@ class SyntheticAppliance:
     async def _flush(self, request: web.Request) -> web.Response:
         """A server that answers in a shape the dashboard does not expect (a count that is text)."""
         return web.json_response({"flushed_blocks": "many"})
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        order = request.query.get("order", "recent")
+        traces = RECORDED_TRACES if self.tracing else []
+        if order == "slowest":
+            traces = sorted(traces, key=lambda t: t["duration_ms"], reverse=True)
+        return web.json_response({"enabled": self.tracing, "order": order,
+                                  "traces": traces[:int(request.query.get("limit", "50"))]})
 
     async def _tenants(self, request: web.Request) -> web.Response:
         rows = [{**t, "created_at": "2026-01-01T00:00:00+00:00"} for t in TENANTS]
