@@ -24,6 +24,7 @@ from tui.poller import PollResult, poll_once
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
+from tui.screens.quality import QualityScreen
 from tui.screens.requests import RequestsScreen
 from tui.screens.tenant_limits import TenantLimitsScreen, TenantUpdate, describe
 from tui.stats import CollectionRow
@@ -36,7 +37,8 @@ from tui.widgets.tenants_table import TenantsTable
 from tui.widgets.throughput_panel import ThroughputPanel
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "requests", "help"}
+MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "requests", "quality",
+                "help"}
 
 
 class DashboardApp(App[None]):
@@ -51,6 +53,7 @@ class DashboardApp(App[None]):
         Binding("k", "new_key", "New key"),
         Binding("e", "edit_tenant", "Edit tenant", show=False),
         Binding("r", "requests", "Requests"),
+        Binding("d", "quality", "Quality"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -166,6 +169,9 @@ class DashboardApp(App[None]):
 
     def action_requests(self) -> None:
         self.push_screen(RequestsScreen(self.client, self.poll_interval_s, self.autopoll))
+
+    def action_quality(self) -> None:
+        self.push_screen(QualityScreen(self.client, self.poll_interval_s, self.autopoll))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -51,6 +51,9 @@ USAGE = {
 }
 # /admin/traces: a trace list recorded from a real server (newest first), replayed as is.
 RECORDED_TRACES = json.loads((Path(__file__).with_name("traces_recorded.json")).read_text())["traces"]
+# /admin/stats "quality": recorded from a real server after RAG traffic on three collections of two
+# tenants (one drifted, one steady, one still filling its baseline; a poisoned note), replayed as is.
+RECORDED_QUALITY = json.loads((Path(__file__).with_name("quality_recorded.json")).read_text())
 COLLECTIONS = {
     "handbook": [("ready", 14), ("ready", 9), ("ready", 22)],
     "manuals": [("ready", 31), ("ready", 40), ("ingesting", 0), ("failed", 0)],
@@ -79,6 +82,7 @@ def stats_doc(step: int) -> dict:
         "admission": {"paused": False, "draining": False, "active_http": 15, "inflight": 15,
                       "queued_requests": 3, "queued_tokens": 1_870, "max_queued_requests": 256,
                       "max_queued_tokens": 262_144},
+        "quality": RECORDED_QUALITY,
     }
 
 

@@ -19,6 +19,7 @@ KEYS = (
     ("k", "create an API key for a tenant (shown once)"),
     ("e", "edit the highlighted tenant's weight and limits (or enter)"),
     ("r", "recent requests: their traces, a waterfall of each one's stages"),
+    ("d", "answer quality, retrieval drift and injection flags per collection"),
     ("tab", "move between the tenants and collections tables"),
     ("?", "this help"),
     ("q", "quit"),
