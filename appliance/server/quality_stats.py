@@ -171,6 +171,7 @@ class QualityStats:
                 drift.reports()
 
     def drifted_scopes(self) -> list[ScopeKey]:
+        """(tenant, collection) of every scope whose retrieval traffic has drifted from its baseline."""
         with self._lock:
             return sorted(key for key, drift in self._drift.items() if drift.drifted)
 
@@ -267,7 +268,3 @@ def note_answer(state: AppState, tenant: str, collection: str, answer: str, hits
     sources = [hit.text for hit in canonical_order(hits)]
     state.metrics.quality.observe_answer((tenant, collection), answer, sources)
 
-
-def drifted_scopes(state: AppState) -> list[ScopeKey]:
-    """(tenant, collection) of every scope whose retrieval traffic has drifted from its baseline."""
-    return state.metrics.quality.drifted_scopes()
