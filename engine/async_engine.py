@@ -49,6 +49,27 @@ class EngineHealth:
     last_fault: str | None
 
 
+@dataclass(slots=True, frozen=True)
+class KvFootprint:
+    """What the KV pool costs right now: the slots live requests hold without KV in them (paged
+    allocation's waste), and the pool's memory beside the weights'."""
+
+    allocated_slots: int  # token slots of the blocks live requests reference
+    unfilled_slots: int  # of those, slots that hold no token's KV yet
+    kv_bytes: int  # the KV pool, every layer
+    weight_bytes: int  # the model's parameters and buffers
+
+    @property
+    def waste_perc(self) -> float:
+        return self.unfilled_slots / self.allocated_slots if self.allocated_slots else 0.0
+
+    @property
+    def memory_share(self) -> float:
+        """The KV pool's share of the engine's memory (weights + KV pool)."""
+        total = self.kv_bytes + self.weight_bytes
+        return self.kv_bytes / total if total else 0.0
+
+
 @dataclass(slots=True)
 class _Stream:
     loop: asyncio.AbstractEventLoop
@@ -175,6 +196,17 @@ class AsyncEngine:
         if not self.is_running:
             self._refresh()
         return self._snapshot
+
+    def kv_footprint(self) -> KvFootprint:
+        """Read between steps (under the lock, so it may wait for one): blocks match their tokens then."""
+        with self.lock:
+            engine = self.engine
+            bm, runner = engine.block_manager, engine.runner
+            unfilled = bm.num_unfilled_slots(engine.scheduler.running)
+            tensors = [t for layer in runner.kv_caches for t in layer]
+            weights = [*runner.model.parameters(), *runner.model.buffers()]
+            return KvFootprint(bm.num_live_blocks * bm.block_size, unfilled,
+                               sum(t.nbytes for t in tensors), sum(t.nbytes for t in weights))
 
     def flush_prefix_cache(self, salt: str | None = None) -> int:
         """Drop unreferenced cached KV (only `salt`'s when given); blocks the caller's thread."""

@@ -107,6 +107,13 @@ class BlockManager:
         """Tokens the pool can hold outside pinned blocks."""
         return (self.num_blocks - len(self.pinned_ids)) * self.block_size
 
+    def num_unfilled_slots(self, seqs: list[Sequence]) -> int:
+        """Token slots of seqs' blocks that hold no KV yet: allocated but unfilled. Between steps a
+        block table covers exactly its computed tokens rounded up to a block, so this is at most the
+        tail of each sequence's last block (shared blocks are full, so counting per sequence is exact)."""
+        return sum(len(seq.block_table) * self.block_size - seq.num_computed_tokens
+                   for seq in seqs if seq.block_table)
+
     def blocks_needed(self, num_tokens: int) -> int:
         return (num_tokens + self.block_size - 1) // self.block_size
 

@@ -18,14 +18,16 @@ from engine import InvalidRequestError
 
 async def stats(request: web.Request) -> web.Response:
     state = state_of(request)
-    engine_stats = await state.need_engine().get_stats()
+    engine = state.need_engine()
+    engine_stats = await engine.get_stats()
     state.metrics.rates.sample(engine_stats.prompt_tokens_total, engine_stats.generation_tokens_total)
+    footprint = await asyncio.to_thread(engine.kv_footprint)
     usage = await asyncio.to_thread(state.store.usage_by_tenant)
-    return web.json_response(build_stats(state, engine_stats, usage))
+    return web.json_response(build_stats(state, engine_stats, usage, footprint))
 
 
-def build_stats(state: AppState, s, usage: dict) -> dict:
-    """The /admin/stats document (its shape is a contract; see docs/api.md)."""
+def build_stats(state: AppState, s, usage: dict, fp) -> dict:
+    """The /admin/stats document (its shape is a contract; see docs/api.md); fp: the KV footprint."""
     return {
         "model": state.model_name,
         "status": server_status(state),
@@ -33,7 +35,10 @@ def build_stats(state: AppState, s, usage: dict) -> dict:
         "kv": {"block_size": s.block_size, "num_blocks": s.num_blocks, "used_blocks": s.used_blocks,
                "cached_blocks": s.cached_blocks, "free_blocks": s.free_blocks, "usage_perc": s.usage_perc,
                "shared_blocks": s.shared_blocks, "pinned_blocks": s.pinned_blocks,
-               "evictions_total": s.num_evictions},
+               "evictions_total": s.num_evictions,
+               "allocated_slots": fp.allocated_slots, "unfilled_slots": fp.unfilled_slots,
+               "waste_perc": fp.waste_perc, "kv_bytes": fp.kv_bytes, "weight_bytes": fp.weight_bytes,
+               "memory_share": fp.memory_share},
         "prefix_cache": {"query_tokens": s.prefix_query_tokens, "hit_tokens": s.prefix_hit_tokens,
                          "hit_rate": s.hit_rate},
         "requests": {"running": s.num_running, "waiting": s.num_waiting,
@@ -44,6 +49,7 @@ def build_stats(state: AppState, s, usage: dict) -> dict:
                    "generation_tokens": s.generation_tokens_total, "engine_steps": s.num_steps},
         "tenants": usage,
         "admission": state.admission.snapshot(),
+        "cost": state.cost.snapshot(),
         "quality": state.metrics.quality.snapshot(),
     }
 

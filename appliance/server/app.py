@@ -13,8 +13,11 @@ from aiohttp import web
 
 from appliance.server import admin_routes, openai_routes, rag_routes, trace_routes
 from appliance.server.admin_routes import server_status
+from appliance.server.alert_routes import alerting, list_alerts
 from appliance.server.config import ServerConfig
 from appliance.server.gateway import gateway
+from appliance.server.metering import metering
+from appliance.server.metrics import kv_footprint_families, render_families
 from appliance.server.openapi import openapi_document
 from appliance.server.state import STATE, AppState, state_of
 from appliance.server.store import ControlStore
@@ -44,7 +47,9 @@ async def metrics(request: web.Request) -> web.Response:
     if state.engine is None:
         return web.Response(text="# the model is loading\n", status=503, headers={"Retry-After": "5"})
     stats = await state.engine.get_stats()
-    text = state.metrics.render(stats, state.admission.num_queued)
+    footprint = await asyncio.to_thread(state.engine.kv_footprint)
+    text = state.metrics.render(stats, state.admission.num_queued) + render_families(
+        [*kv_footprint_families(footprint), *state.cost.metric_families()])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -87,6 +92,7 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/admission/pause", admin_routes.pause)
     r.add_post("/admin/admission/resume", admin_routes.resume)
     r.add_get("/admin/audit", admin_routes.audit)
+    r.add_get("/admin/alerts", list_alerts)
     r.add_get("/admin/traces", trace_routes.traces)
     r.add_post("/admin/tracing", trace_routes.set_tracing)
 
@@ -96,9 +102,11 @@ def create_app(config: ServerConfig, store: ControlStore | None = None) -> web.A
     if config.admin_key:
         store.bootstrap_admin_key(config.admin_key)
     # The body limit is enforced per route (JSON vs uploads); aiohttp's own limit is the larger one.
-    app = web.Application(middlewares=[gateway],
+    # metering wraps the gateway: it sees each request's final status and filled-in context.
+    app = web.Application(middlewares=[metering, gateway],
                           client_max_size=max(config.max_body_bytes, config.max_upload_bytes))
     app[STATE] = AppState.create(config, store)
+    app.cleanup_ctx.append(alerting)
     _routes(app)
     return app
 

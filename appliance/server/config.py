@@ -60,6 +60,30 @@ class ServerConfig:
     # Per-tenant isolation for tenants without their own limits (the admin tenant: only its own).
     default_max_concurrent_requests: int = 16
     default_max_queued_tokens_per_tenant: int = 65536
+    # Objectives and alerts (see appliance/server/slo.py and alerts.py): a request is good when its
+    # time to first token (queue wait) is at most the threshold, a histogram bucket bound; the target
+    # is the share of requests that must be good. Burn windows, comma-separated: short/long:rate:severity.
+    slo_ttft_s: float = 2.5
+    slo_ttft_target: float = 0.95
+    slo_queue_wait_s: float = 1.0
+    slo_queue_wait_target: float = 0.95
+    slo_availability_target: float = 0.99  # share of requests that must not end in a 5xx
+    slo_burn_windows: str = "5m/1h:14.4:page,30m/6h:6:page,6h/3d:1:ticket"
+    slo_min_requests: int = 10        # fewer requests in the long window: no burn-rate alert
+    alert_interval_s: float = 5.0     # how often the rules are evaluated
+    alert_window_s: float = 300.0     # the window of the preemption, queue, tenant and auth rules
+    alert_preemptions_per_min: float = 1.0
+    alert_queue_depth: int = 32       # a queue this deep that grew over the window
+    alert_tenant_error_ratio: float = 0.5
+    alert_tenant_min_errors: int = 10
+    alert_auth_failures: int = 20     # 401/403 answers per tenant (unknown keys together) per window
+    # Cost (see appliance/server/cost.py), in cost_currency: per 1k prompt tokens computed, per 1k
+    # prompt tokens served from the prefix cache, per 1k generated tokens, per engine-second.
+    price_per_1k_prompt_tokens: float = 0.0
+    price_per_1k_cached_tokens: float = 0.0
+    price_per_1k_generated_tokens: float = 0.0
+    price_per_engine_second: float = 0.0
+    cost_currency: str = "USD"
 
     @property
     def data_path(self) -> Path:
@@ -85,6 +109,7 @@ class ServerConfig:
             raise ConfigError(f"model path does not exist: {self.model}")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ConfigError("APPLIANCE_ADMIN_KEY must be at least 16 characters")
+        _check_alerting(self)
         if self.otlp_endpoint is not None:
             _check_otlp(self.otlp_endpoint)
         return self
@@ -99,6 +124,27 @@ def _check_otlp(endpoint: str) -> None:
         found = False
     if not found:
         raise ConfigError("otlp_endpoint needs the OTLP exporter: pip install 'appliance[otlp]'")
+
+
+def _check_alerting(config: ServerConfig) -> None:
+    from appliance.server.slo import SloError, check_slo_settings
+
+    positive = ("slo_min_requests", "alert_interval_s", "alert_window_s", "alert_preemptions_per_min",
+                "alert_queue_depth", "alert_tenant_min_errors", "alert_auth_failures")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if not 0 < config.alert_tenant_error_ratio <= 1:
+        raise ConfigError(f"alert_tenant_error_ratio must be in (0, 1], got "
+                          f"{config.alert_tenant_error_ratio}")
+    for name in ("price_per_1k_prompt_tokens", "price_per_1k_cached_tokens", "price_per_1k_generated_tokens",
+                 "price_per_engine_second"):
+        if not getattr(config, name) >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+    try:
+        check_slo_settings(config)
+    except SloError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None,

@@ -20,6 +20,7 @@ from appliance.server.quality_stats import MetricFamily, QualityStats
 
 if TYPE_CHECKING:
     from engine import EngineStats
+    from engine.async_engine import KvFootprint
 
 PREFIX = "appliance:"
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
@@ -77,6 +78,10 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
         self.num += 1
+
+    def num_at_most(self, bound: float) -> int:
+        """Observations <= bound, a bucket bound (what the `le` bucket counts)."""
+        return sum(self.counts[:self.buckets.index(bound) + 1])
 
     def render(self) -> list[str]:
         full = PREFIX + self.name
@@ -143,6 +148,8 @@ class ServerMetrics:
         self.generation_tokens = Counter("generation_tokens", "Generated tokens.")
         self.http_requests = Counter("http_requests", "HTTP requests by route and status.")
         self.rejections = Counter("requests_rejected", "Requests refused before the engine, by reason.")
+        self.tenant_requests = Counter("tenant_requests", "Requests by tenant and final HTTP status "
+                                       "(tenant '(unknown)': the key was not recognised).")
         self.ingest_documents = Counter("ingest_documents", "Documents uploaded, by result status.")
         self.ingest_chunks = Counter("ingest_chunks", "Chunks written by uploads.")
         self.ttft = Histogram("time_to_first_token_seconds", "Time to first token.")
@@ -185,7 +192,8 @@ class ServerMetrics:
         with self.lock:
             lines = _engine_lines(stats, num_queued)
             for metric in (self.request_success, self.prompt_tokens, self.generation_tokens,
-                           self.http_requests, self.rejections, self.ingest_documents, self.ingest_chunks,
+                           self.http_requests, self.tenant_requests, self.rejections, self.ingest_documents,
+                           self.ingest_chunks,
                            self.ttft, self.tpot, self.e2e, self.queue, self.retrieval):
                 lines += metric.render()
         for family in self.quality.metric_families():
@@ -199,6 +207,25 @@ def _family_lines(family: MetricFamily) -> list[str]:
     lines += [f"{full}{suffix}{_labels(tuple(sorted(pairs.items())))} {_num(value)}"
               for suffix, pairs, value in family.samples]
     return lines
+
+
+def render_families(families: list[MetricFamily]) -> str:
+    """Families other owners compute at scrape time (cost, the KV footprint), in exposition format."""
+    return "".join(line + "\n" for family in families for line in _family_lines(family))
+
+
+def kv_footprint_families(fp: KvFootprint) -> list[MetricFamily]:
+    def gauge(name: str, help_: str, value: float) -> MetricFamily:
+        return MetricFamily(name, "gauge", help_, [("", {}, value)])
+
+    return [
+        gauge("kv_cache_waste_perc", "Share of the KV slots held by live requests that no token fills yet "
+              "(0-1).", fp.waste_perc),
+        gauge("kv_cache_memory_share", "The KV pool's share of the engine's memory (weights + KV pool).",
+              fp.memory_share),
+        gauge("kv_cache_bytes", "Bytes of the KV pool.", fp.kv_bytes),
+        gauge("model_weight_bytes", "Bytes of the model's weights.", fp.weight_bytes),
+    ]
 
 
 def _engine_lines(s: EngineStats, num_queued: int) -> list[str]:

@@ -267,6 +267,7 @@ def _admin_paths() -> dict:
              "schema": {"type": "string", "enum": ["recent", "slowest"]}}]}},
         "/admin/tracing": {"post": _admin("Switch request tracing on or off", "TracingSwitch",
                                           errors=(400,))},
+        "/admin/alerts": {"get": _admin("Every alert rule instance: firing or ok, since when, and why")},
     }
 
 

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from appliance.server.admission import Admission
+from appliance.server.alerts import AlertEngine
 from appliance.server.config import ServerConfig
 from appliance.server.control import ControlPlane
+from appliance.server.cost import CostLedger, Prices
 from appliance.server.errors import ApiError, unavailable
 from appliance.server.limits import TenantLimits
 from appliance.server.metrics import ServerMetrics
@@ -40,6 +42,12 @@ class AppState:
     context_limit: int = 0  # prompt + completion tokens one request may use
     load_error: str | None = None
     started_at: float = field(default_factory=time.time)
+    alerts: AlertEngine = field(init=False)  # from the config's objectives and alert settings
+    cost: CostLedger = field(init=False)  # from the config's prices
+
+    def __post_init__(self) -> None:
+        self.alerts = AlertEngine.from_config(self.config)
+        self.cost = CostLedger(Prices.from_config(self.config))
 
     @classmethod
     def create(cls, config: ServerConfig, store: ControlStore) -> AppState:
