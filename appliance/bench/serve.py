@@ -80,10 +80,14 @@ class Workload:
 def chat_workload(model: str, n: int, max_tokens: int, seed: int) -> Workload:
     from appliance.bench.workload import rag_requests
 
-    bodies = [{"model": model, "messages": r.messages, "max_tokens": max_tokens, "temperature": 0.0,
-               "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-              for r in rag_requests(n, seed=seed)]
+    bodies = [chat_body(model, r.messages, max_tokens) for r in rag_requests(n, seed=seed)]
     return Workload("chat", "/v1/chat/completions", bodies)
+
+
+def chat_body(model: str, messages: list[dict], max_tokens: int) -> dict:
+    """A streamed greedy chat request that generates exactly `max_tokens` tokens."""
+    return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
 
 def short_workload(model: str, n: int, max_tokens: int, seed: int) -> Workload:
@@ -144,7 +148,7 @@ def _on_line(sample: Sample, kind: str, line: bytes, last: float) -> float:
     if usage:
         sample.output_tokens = usage["completion_tokens"]
         sample.prompt_tokens = usage["prompt_tokens"]
-        sample.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]
+        sample.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     return last
 
 
@@ -152,7 +156,11 @@ def _text_of(kind: str, event: dict) -> str:
     if kind == "rag":
         return event.get("delta", "")
     choices = event.get("choices") or []
-    return (choices[0].get("delta", {}).get("content") or "") if choices else ""
+    if not choices:
+        return ""
+    if kind == "completion":  # OpenAI text completions: /v1/completions
+        return choices[0].get("text") or ""
+    return choices[0].get("delta", {}).get("content") or ""
 
 
 # --- load shapes ----------------------------------------------------------------------------------
@@ -230,21 +238,25 @@ def print_summary(row: dict) -> None:
 
 
 # --- the server under test --------------------------------------------------------------------------
-class OwnServer:
-    """An `appliance serve` subprocess on a free port with a throwaway data dir and admin key."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, kv_cache_gib: float) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
-        self.key = "bench-" + secrets.token_urlsafe(24)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+
+class ServerProcess:
+    """A server subprocess on a free port of 127.0.0.1, its output in a log file of a throwaway
+    folder; ready when `GET /health` answers 200."""
+
+    def __init__(self, name: str) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(self.tmp.name) / "server.log"
-        env = {**os.environ, "APPLIANCE_ADMIN_KEY": self.key, "APPLIANCE_KV_CACHE_GIB": str(kv_cache_gib)}
-        cmd = [str(Path(sys.executable).parent / "appliance"), "serve", "--port", str(self.port),
-               "--data-dir", str(Path(self.tmp.name) / "data"), "--log-level", "WARNING"]
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cmd: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_ready(self, timeout_s: float = 600) -> None:
@@ -253,7 +265,7 @@ class OwnServer:
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
+                if self.proc is None or self.proc.poll() is not None:
                     raise RuntimeError(f"the server exited; log: {self.log_path}")
                 try:
                     async with session.get(self.url + "/health") as resp:
@@ -265,7 +277,7 @@ class OwnServer:
         raise RuntimeError(f"the server was not ready in {timeout_s:.0f} s; log: {self.log_path}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=60)
@@ -274,6 +286,19 @@ class OwnServer:
                 self.proc.wait()
         self.log.close()
         self.tmp.cleanup()
+
+
+class OwnServer(ServerProcess):
+    """`appliance serve` with a throwaway data dir and admin key."""
+
+    def __init__(self, kv_cache_gib: float | None) -> None:
+        super().__init__("serve")
+        self.key = "bench-" + secrets.token_urlsafe(24)
+        env = {**os.environ, "APPLIANCE_ADMIN_KEY": self.key}
+        if kv_cache_gib is not None:  # None: the server's default
+            env["APPLIANCE_KV_CACHE_GIB"] = str(kv_cache_gib)
+        self.start([str(Path(sys.executable).parent / "appliance"), "serve", "--port", str(self.port),
+                    "--data-dir", str(Path(self.tmp.name) / "data"), "--log-level", "WARNING"], env)
 
 
 async def _api(session, method: str, url: str, **kwargs) -> tuple[int, dict]:

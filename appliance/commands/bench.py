@@ -1,5 +1,5 @@
-"""`appliance bench engine|prefix|serve|ingest|soak|fairness|tracing`: each prints its numbers and a
-peer's."""
+"""`appliance bench engine|prefix|serve|ingest|soak|fairness|tracing|peers`: each prints its numbers
+and a peer's."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "soak": "appliance.bench.soak",
     "fairness": "appliance.bench.fairness",
     "tracing": "appliance.bench.tracing",
+    "peers": "appliance.bench.peers",
 }
 
 

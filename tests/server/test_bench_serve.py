@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.bench.serve import Sample, run_load, short_workload, summarize
+from appliance.bench.serve import Sample, Workload, run_load, short_workload, summarize
 from appliance.bench.stats import percentiles
 from tests.server.helpers import ADMIN_KEY
 
@@ -16,6 +16,15 @@ def test_closed_loop_and_poisson_loads_measure_every_request(server, run):
         assert all(len(s.itl) >= 1 for s in samples)
         row = summarize("x", samples, duration)
         assert row["completed"] == 6 and row["failed"] == 0 and row["output_tokens"] == 18
+
+
+def test_text_completion_streams_of_token_ids_are_measured(server, run):
+    """The stream shape `bench peers` reads from llama-server: /v1/completions, `choices[0].text`."""
+    bodies = [{"model": server.model, "prompt": [504, 3458, 314, 260], "max_tokens": 4, "temperature": 0.0,
+               "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}] * 2
+    samples, _ = run(run_load(server.url, ADMIN_KEY, Workload("completion", "/v1/completions", bodies), 2,
+                              None, seed=0))
+    assert all(s.ok and s.output_tokens == 4 and s.prompt_tokens == 4 and len(s.itl) >= 1 for s in samples)
 
 
 def test_failed_requests_are_counted_not_raised(server, run):
