@@ -29,6 +29,7 @@ from tui.screens.requests import RequestsScreen
 from tui.screens.tenant_limits import TenantLimitsScreen, TenantUpdate, describe
 from tui.stats import CollectionRow
 from tui.widgets.admission_panel import AdmissionPanel
+from tui.widgets.alerts_panel import AlertsPanel
 from tui.widgets.collections_table import CollectionsTable
 from tui.widgets.kv_panel import KvPanel
 from tui.widgets.latency_panel import LatencyPanel
@@ -77,6 +78,7 @@ class DashboardApp(App[None]):
     def compose(self) -> ComposeResult:
         yield StatusBar(self.client.base_url, id="status")
         yield ConnectionBanner(id="banner")
+        yield AlertsPanel(id="alerts")
         with Grid(id="panels"):
             yield KvPanel(id="kv", classes="panel")
             yield ThroughputPanel(id="throughput", classes="panel")
@@ -132,7 +134,11 @@ class DashboardApp(App[None]):
             self.latency.add(result.finished_at, result.histograms)
             self.query_one(LatencyPanel).show(self.latency.quantiles(TTFT), self.latency.quantiles(TPOT))
         if result.tenants is not None:
-            self.query_one(TenantsTable).show(result.tenants)
+            self.query_one(TenantsTable).show(result.tenants, stats.cost.get("currency"))
+        if result.alerts is not None:
+            self.query_one(AlertsPanel).show(result.alerts)
+        elif "alerts" in result.problems:
+            self.query_one(AlertsPanel).show_problem(result.problems["alerts"])
         if result.collections is not None:
             self._collections = result.collections
             self.query_one(CollectionsTable).show(result.collections, self.uploads)

@@ -87,6 +87,10 @@ class ApplianceClient:
     async def metrics(self) -> str:
         return await self._text("GET", "/metrics")
 
+    async def alerts(self) -> dict:
+        """GET /admin/alerts: every alert rule instance, firing or ok."""
+        return await self._json("GET", "/admin/alerts")
+
     async def tenants(self) -> list[dict]:
         return list((await self._json("GET", "/admin/tenants")).get("tenants", []))
 

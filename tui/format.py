@@ -25,6 +25,15 @@ def percent(fraction: float | None, digits: int = 1) -> str:
     return DASH if fraction is None else f"{fraction * 100:.{digits}f}%"
 
 
+def money(value: float | None) -> str:
+    """Costs in at most five cells: '0.42', '43.6', '1,234', '12k'; a dash for None."""
+    if value is None:
+        return DASH
+    if abs(value) < 10:
+        return f"{value:.2f}"
+    return f"{value:.1f}" if abs(value) < 100 else count(value)
+
+
 def seconds(value: float | None) -> str:
     """Latencies: '850 ms' below a second, '1.25 s' above."""
     if value is None:

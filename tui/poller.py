@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from tui.alerts import AlertRow, parse_alerts
 from tui.client import ApiError, ApplianceClient
 from tui.latency import Histogram, parse_histograms
 from tui.stats import CollectionRow, StatsSnapshot, TenantRow, collection_row, parse_stats, tenant_rows
@@ -29,21 +30,23 @@ class PollResult:
     problems: dict[str, str] = field(default_factory=dict)  # part -> why it is not updated
     started_at: float = 0.0  # time.monotonic() when the poll began and when its answers were in
     finished_at: float = 0.0
+    alerts: list[AlertRow] | None = None
 
 
 async def poll_once(client: ApplianceClient) -> PollResult:
     """Raises ApiError when /admin/stats cannot be read, ValueError when it makes no sense."""
     started = time.monotonic()
-    stats_doc, tenants, collections, metrics = await asyncio.gather(
-        client.stats(), client.tenants(), _collections(client), client.metrics(), return_exceptions=True)
+    stats_doc, tenants, collections, metrics, alerts = await asyncio.gather(
+        client.stats(), client.tenants(), _collections(client), client.metrics(), _alerts(client),
+        return_exceptions=True)
     stats = parse_stats(_value(stats_doc))
     problems: dict[str, str] = {}
     tenants = _optional("tenants", tenants, problems)
     metrics = _optional("latency", metrics, problems)
-    return PollResult(stats, None if tenants is None else tenant_rows(stats.usage, tenants),
+    return PollResult(stats, None if tenants is None else tenant_rows(stats.usage, tenants, stats.cost),
                       _optional("collections", collections, problems),
                       None if metrics is None else parse_histograms(metrics), problems,
-                      started, time.monotonic())
+                      started, time.monotonic(), _optional("alerts", alerts, problems))
 
 
 def _value(result: object) -> object:
@@ -58,6 +61,10 @@ def _optional(part: str, result: object, problems: dict[str, str]) -> object:
         problems[part] = result.message if isinstance(result, ApiError) else f"unreadable answer: {result}"
         return None
     return _value(result)
+
+
+async def _alerts(client: ApplianceClient) -> list[AlertRow]:
+    return parse_alerts(await client.alerts())
 
 
 async def _collections(client: ApplianceClient) -> list[CollectionRow]:

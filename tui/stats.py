@@ -20,6 +20,8 @@ class KvStats:
     usage_perc: float
     shared_blocks: int
     pinned_blocks: int
+    waste_perc: float | None = None  # of the slots live requests hold, the share no token fills yet
+    memory_share: float | None = None  # the KV pool's share of the engine's memory (weights + KV)
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,6 +72,7 @@ class TenantRow:
     tokens_today: int = 0
     token_quota_per_day: int | None = None
     settings: dict = field(default_factory=dict, compare=False)
+    cost_today: float | None = None  # None: the server has no prices configured
 
     @property
     def tokens(self) -> int:
@@ -102,6 +105,7 @@ class StatsSnapshot:
     throughput: Throughput
     admission: AdmissionStats
     usage: dict[str, dict] = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)  # the "cost" object: currency, prices, tenants' cost today
 
 
 KV_COUNTS = ("block_size", "num_blocks", "used_blocks", "cached_blocks", "free_blocks")
@@ -147,7 +151,8 @@ def _parse_stats(doc: dict) -> StatsSnapshot:
         status=str(doc.get("status") or "unknown"),
         uptime_s=float(doc.get("uptime_s") or 0.0),
         kv=KvStats(*(_int(kv, k) for k in KV_COUNTS), _float(kv, "usage_perc"),
-                   int(kv.get("shared_blocks", 0)), int(kv.get("pinned_blocks", 0))),
+                   int(kv.get("shared_blocks", 0)), int(kv.get("pinned_blocks", 0)),
+                   _optional_float(kv, "waste_perc"), _optional_float(kv, "memory_share")),
         prefix=PrefixStats(_int(prefix, "query_tokens"), _int(prefix, "hit_tokens"),
                            _float(prefix, "hit_rate")),
         requests=RequestStats(_int(req, "running"), _int(req, "waiting"), _int(req, "preemptions_total"),
@@ -158,20 +163,30 @@ def _parse_stats(doc: dict) -> StatsSnapshot:
                                  _int(adm, "queued_tokens"), _int(adm, "max_queued_requests"),
                                  _int(adm, "max_queued_tokens")),
         usage=dict(doc.get("tenants") or {}),
+        cost=dict(doc.get("cost") or {}),
     )
 
 
-def tenant_rows(usage: dict[str, dict], tenants: list[dict]) -> list[TenantRow]:
-    """Every known tenant (usage or not), by name; usage of a tenant /admin/tenants lacks still shows."""
+def _optional_float(section: dict, key: str) -> float | None:
+    return None if section.get(key) is None else _float(section, key)
+
+
+def tenant_rows(usage: dict[str, dict], tenants: list[dict], cost: dict | None = None) -> list[TenantRow]:
+    """Every known tenant (usage or not), by name; usage of a tenant /admin/tenants lacks still shows.
+    `cost` is the stats' "cost" object: today's cost per tenant, when the server has prices."""
     known = {str(t["name"]): t for t in tenants if "name" in t}
+    cost = cost or {}
+    priced = any(float(p or 0) > 0 for p in (cost.get("prices") or {}).values())
+    costs = cost.get("tenants") or {}
     rows = []
     for name in sorted(set(known) | set(usage)):
         u = usage.get(name) or {}
         settings = dict(known.get(name) or {})
+        today = float((costs.get(name) or {}).get("cost") or 0.0) if priced else None
         rows.append(TenantRow(name, int(u.get("requests") or 0), int(u.get("prompt_tokens") or 0),
                               int(u.get("cached_tokens") or 0), int(u.get("completion_tokens") or 0),
                               int(u.get("tokens_today") or 0), settings.get("token_quota_per_day"),
-                              settings))
+                              settings, today))
     return rows
 
 

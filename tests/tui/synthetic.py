@@ -54,6 +54,24 @@ RECORDED_TRACES = json.loads((Path(__file__).with_name("traces_recorded.json")).
 # /admin/stats "quality": recorded from a real server after RAG traffic on three collections of two
 # tenants (one drifted, one steady, one still filling its baseline; a poisoned note), replayed as is.
 RECORDED_QUALITY = json.loads((Path(__file__).with_name("quality_recorded.json")).read_text())
+PRICES = {"per_1k_prompt_tokens": 0.01, "per_1k_cached_tokens": 0.002, "per_1k_generated_tokens": 0.03,
+          "per_engine_second": 0.0005}
+COST_TODAY = {"acme": (88_410, 271_338, 42_370, 1_804.2), "admin": (3_386, 1_024, 377, 12.5),
+              "globex": (139_330, 250_880, 41_930, 2_210.9)}  # prompt, cached, generated, engine-s
+
+
+def _cost(prompt: int, cached: int, generated: int, engine_s: float) -> dict:
+    cost = (prompt * PRICES["per_1k_prompt_tokens"] + cached * PRICES["per_1k_cached_tokens"]
+            + generated * PRICES["per_1k_generated_tokens"]) / 1000 + engine_s * PRICES["per_engine_second"]
+    return {"prompt_tokens": prompt, "cached_tokens": cached, "generated_tokens": generated,
+            "engine_seconds": engine_s, "cost": cost}
+
+
+COST = {"currency": "USD", "day": "2026-01-01", "prices": PRICES,
+        "tenants": {name: _cost(*usage) for name, usage in COST_TODAY.items()}}
+# /admin/alerts: the rule instances of a real server, all ok (the main screen's calm strip).
+CALM_ALERTS = [{**alert, "state": "ok", "since": "2026-01-01T00:00:00+00:00"} for alert in json.loads(
+    (Path(__file__).with_name("alerts_recorded.json")).read_text())["alerts"]]
 COLLECTIONS = {
     "handbook": [("ready", 14), ("ready", 9), ("ready", 22)],
     "manuals": [("ready", 31), ("ready", 40), ("ingesting", 0), ("failed", 0)],
@@ -68,7 +86,7 @@ def stats_doc(step: int) -> dict:
         "model": "SmolLM2-135M-Instruct.Q4_1", "status": "ready", "uptime_s": 7384.2,
         "kv": {"block_size": 16, "num_blocks": NUM_BLOCKS, "used_blocks": used, "cached_blocks": cached,
                "free_blocks": NUM_BLOCKS - used - cached, "usage_perc": used / NUM_BLOCKS,
-               "shared_blocks": used // 3, "pinned_blocks": 8},
+               "shared_blocks": used // 3, "pinned_blocks": 8, "waste_perc": 0.031, "memory_share": 0.418},
         "prefix_cache": {"query_tokens": QUERY_TOKENS, "hit_tokens": HIT_TOKENS,
                          "hit_rate": HIT_TOKENS / QUERY_TOKENS},
         "requests": {"running": 12, "waiting": 3, "preemptions_total": 2,
@@ -82,6 +100,7 @@ def stats_doc(step: int) -> dict:
         "admission": {"paused": False, "draining": False, "active_http": 15, "inflight": 15,
                       "queued_requests": 3, "queued_tokens": 1_870, "max_queued_requests": 256,
                       "max_queued_tokens": 262_144},
+        "cost": COST,
         "quality": RECORDED_QUALITY,
     }
 
@@ -142,6 +161,7 @@ class SyntheticAppliance:
         app.router.add_get("/v1/collections", self._collections)
         app.router.add_get("/v1/collections/{name}/documents", self._documents)
         app.router.add_post("/admin/cache/flush", self._flush)
+        app.router.add_get("/admin/alerts", self._alerts)
         app.router.add_get("/admin/traces", self._traces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -177,6 +197,9 @@ class SyntheticAppliance:
             traces = sorted(traces, key=lambda t: t["duration_ms"], reverse=True)
         return web.json_response({"enabled": self.tracing, "order": order,
                                   "traces": traces[:int(request.query.get("limit", "50"))]})
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        return web.json_response({"alerts": CALM_ALERTS})
 
     async def _tenants(self, request: web.Request) -> web.Response:
         rows = [{**t, "created_at": "2026-01-01T00:00:00+00:00"} for t in TENANTS]

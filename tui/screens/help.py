@@ -27,12 +27,13 @@ KEYS = (
 PANELS = (
     ("KV cache", "blocks used by live requests / cached (an idle,"),
     ("", "reusable prefix) / free; prefix hits = prompt tokens"),
-    ("", "served from the cache"),
+    ("", "served from the cache; waste = held slots unfilled"),
     ("Throughput", "prompt tokens computed (cache hits excluded) and"),
     ("", "generated, per second (the server's ~10 s window)"),
     ("Latency", "time to first token, time per output token:"),
     ("", "p50/p95 of the requests of the last minute"),
     ("Admission", "open or paused, the server's queue, in flight"),
+    ("Alerts", "a red strip on top while alerts fire (GET /admin/alerts)"),
 )
 
 

@@ -1,4 +1,5 @@
-"""KV cache panel: blocks used / cached / free as a bar and as numbers, usage over time, prefix hits."""
+"""KV cache panel: blocks used / cached / free as a bar and as numbers, usage over time, prefix hits,
+and what the cache costs: the waste (held slots no token fills) and the KV pool's share of memory."""
 
 from __future__ import annotations
 
@@ -78,6 +79,15 @@ def hits_text(prefix: PrefixStats) -> Text:
     return text
 
 
+def footprint_text(kv: KvStats) -> Text:
+    text = Text("waste ", end="")
+    text.append(fmt.percent(kv.waste_perc), Style(bold=True))
+    text.append(" · KV ")
+    text.append(fmt.percent(kv.memory_share), Style(bold=True))
+    text.append(" of memory")
+    return text
+
+
 class KvPanel(Vertical):
     """Blocks of `block_size` tokens; `usage_perc` (the line over time) counts used blocks only."""
 
@@ -85,6 +95,7 @@ class KvPanel(Vertical):
         yield BlockBar(id="kv-bar")
         yield Static(id="kv-numbers")
         yield Static(id="kv-hits")
+        yield Static(id="kv-footprint")
         yield TimeSeries(USED, ceiling=1.0, id="kv-usage")
 
     def on_mount(self) -> None:
@@ -92,16 +103,18 @@ class KvPanel(Vertical):
         self.border_subtitle = "used · over time"
         self.query_one("#kv-numbers", Static).update(fmt.DASH)
         self.query_one("#kv-hits", Static).update("prefix hits " + fmt.DASH)
+        self.query_one("#kv-footprint", Static).update("waste " + fmt.DASH)
 
     text = ""
     """The panel's numbers as plain text: what an operator reads (tests compare it with the server)."""
 
     def show(self, kv: KvStats, prefix: PrefixStats) -> None:
         self.border_title = f"KV cache · {fmt.count(kv.num_blocks)} blocks × {kv.block_size} tok"
-        numbers, hits = numbers_text(kv), hits_text(prefix)
+        numbers, hits, footprint = numbers_text(kv), hits_text(prefix), footprint_text(kv)
         self.query_one(BlockBar).show(kv)
         self.query_one("#kv-numbers", Static).update(numbers)
         self.query_one("#kv-hits", Static).update(hits)
+        self.query_one("#kv-footprint", Static).update(footprint)
         self.query_one(TimeSeries).push(kv.usage_perc)
         self.border_subtitle = f"used {fmt.percent(kv.usage_perc)} · over time"
-        self.text = f"{numbers.plain}\n{hits.plain}\nusage {fmt.percent(kv.usage_perc)}"
+        self.text = f"{numbers.plain}\n{hits.plain}\n{footprint.plain}\nusage {fmt.percent(kv.usage_perc)}"
