@@ -85,6 +85,11 @@ class Windows:
     def can_compare(self, min_window: int) -> bool:
         return len(self.baseline) == self.baseline_size and len(self.recent) >= min_window
 
+    def copy(self) -> Windows:
+        windows = Windows(self.baseline_size, self.window_size, list(self.baseline))
+        windows.recent.extend(self.recent)
+        return windows
+
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov D: the largest gap between the empirical CDFs of a and b."""
@@ -113,58 +118,67 @@ def permutation_threshold(a: np.ndarray, b: np.ndarray, alpha: float, num_permut
     pooled = np.concatenate([a, b]).astype(np.float64)
     gram = pooled @ pooled.T  # each relabeling's shift is w' G w for its weights w: no pass over d
     n, total = len(a), len(pooled)
-    rng = np.random.default_rng(seed)
-    order = rng.permuted(np.tile(np.arange(total), (num_permutations, 1)), axis=1)
-    weights = np.full((num_permutations, total), -1.0 / (total - n))
-    np.put_along_axis(weights, order[:, :n], 1.0 / n, axis=1)
+    ranks = np.argsort(np.random.default_rng(seed).random((num_permutations, total)), axis=1)
+    weights = np.where(ranks < n, 1.0 / n, -1.0 / (total - n))  # rows: random relabelings, n of them "a"
     null = np.sort(np.sum((weights @ gram) * weights, axis=1))
     rank = max(1, math.floor(alpha * (num_permutations + 1)))
     return float(null[-rank])
 
 
 class ScopeDrift:
-    """The windows of one (tenant, collection); not thread-safe (the caller holds a lock)."""
+    """The windows of one (tenant, collection). Not thread-safe, with one exception that lets the
+    costly query-embedding report be computed without the caller's lock: `with_queries` only reads
+    `queries`, and `set_queries` (under the lock) is the only writer of it."""
 
     def __init__(self, settings: DriftSettings | None = None) -> None:
         self.settings = settings or DriftSettings()
         self.scores: dict[str, Windows] = {}  # search mode -> windows of top scores
-        self.queries = self._windows()
-        self._reports: dict[tuple[str, str | None], DriftReport] = {}  # valid until the next add
-
-    def _windows(self) -> Windows:
-        return Windows(self.settings.baseline_size, self.settings.window_size)
+        self.queries = Windows(self.settings.baseline_size, self.settings.window_size)
+        self._reports: dict[tuple[str, str | None], DriftReport] = {}  # valid until the next change
 
     def add_score(self, mode: str, score: float) -> None:
-        self.scores.setdefault(mode, self._windows()).add(float(score))
+        if mode not in self.scores:
+            self.scores[mode] = Windows(self.settings.baseline_size, self.settings.window_size)
+        self.scores[mode].add(float(score))
         self._reports.pop((SCORE, mode), None)
 
-    def add_queries(self, vectors: np.ndarray) -> None:
+    def with_queries(self, vectors: np.ndarray) -> tuple[Windows, DriftReport]:
+        """The query windows after adding `vectors`, and their report; changes nothing."""
+        windows = self.queries.copy()
         for vector in np.asarray(vectors, dtype=np.float32):
-            self.queries.add(vector)
-        self._reports.pop((EMBEDDING, None), None)
+            windows.add(vector)
+        return windows, evaluate(EMBEDDING, None, windows, self.settings)
+
+    def set_queries(self, windows: Windows, report: DriftReport) -> None:
+        self.queries = windows
+        self._reports[(EMBEDDING, None)] = report
+
+    def add_queries(self, vectors: np.ndarray) -> None:
+        self.set_queries(*self.with_queries(vectors))
 
     def reports(self) -> list[DriftReport]:
         """One SCORE report per search mode seen, then the EMBEDDING report."""
         keys = [(SCORE, mode) for mode in sorted(self.scores)] + [(EMBEDDING, None)]
-        for key in keys:
-            if key not in self._reports:
-                self._reports[key] = self._evaluate(*key)
+        for signal, mode in keys:
+            if (signal, mode) not in self._reports:
+                windows = self.scores[mode] if signal == SCORE else self.queries
+                self._reports[(signal, mode)] = evaluate(signal, mode, windows, self.settings)
         return [self._reports[key] for key in keys]
 
     @property
     def drifted(self) -> bool:
         return any(report.drifted for report in self.reports())
 
-    def _evaluate(self, signal: str, mode: str | None) -> DriftReport:
-        s = self.settings
-        windows = self.scores[mode] if signal == SCORE else self.queries
-        num_baseline, num_recent = len(windows.baseline), len(windows.recent)
-        if not windows.can_compare(s.min_window):
-            return DriftReport(signal, mode, None, None, num_baseline, num_recent)
-        a, b = np.asarray(windows.baseline), np.asarray(windows.recent)
-        if signal == SCORE:
-            statistic, threshold = ks_statistic(a, b), ks_threshold(len(a), len(b), s.alpha)
-        else:
-            statistic = mean_shift(a, b)
-            threshold = permutation_threshold(a, b, s.alpha, s.num_permutations, s.seed)
-        return DriftReport(signal, mode, statistic, threshold, num_baseline, num_recent)
+
+def evaluate(signal: str, mode: str | None, windows: Windows, s: DriftSettings) -> DriftReport:
+    """The report of one signal's windows: no verdict until they can be compared."""
+    num_baseline, num_recent = len(windows.baseline), len(windows.recent)
+    if not windows.can_compare(s.min_window):
+        return DriftReport(signal, mode, None, None, num_baseline, num_recent)
+    a, b = np.asarray(windows.baseline), np.asarray(windows.recent)
+    if signal == SCORE:
+        statistic, threshold = ks_statistic(a, b), ks_threshold(len(a), len(b), s.alpha)
+    else:
+        statistic = mean_shift(a, b)
+        threshold = permutation_threshold(a, b, s.alpha, s.num_permutations, s.seed)
+    return DriftReport(signal, mode, statistic, threshold, num_baseline, num_recent)

@@ -95,7 +95,7 @@ def share_in_sources(words: list[str], sources: list[str]) -> float | None:
     """The share of `words` (content words, folded) that occur in the sources; None for no words."""
     if not words:
         return None
-    vocabulary = {fold(w.lower()) for source in sources for w in WORD.findall(source)}
+    vocabulary = {fold(w) for w in set(WORD.findall(" ".join(sources).lower()))}
     return sum(1 for w in words if w in vocabulary) / len(words)
 
 

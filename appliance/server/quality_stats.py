@@ -1,12 +1,12 @@
 """Answer quality, retrieval drift and injection flags of every (tenant, collection).
 
-rag_routes calls in twice per request: after the retrieval (`note_retrieval`: the hits' injection
-markers, the best hit's score, the query queued for its embedding) and after an answer
-(`note_answer`: groundedness, citations, "I don't know"; see rag/quality.py). Both do string work
-only, on the event loop. The queries' embeddings for the drift windows (rag/drift.py) are computed
-off the request path: one worker thread of the loop's executor at a time embeds whatever queued up,
-in one batch, then re-evaluates the drift of the scopes that moved, so a reader (/admin/stats,
-/metrics, the alert rules) never waits for a model.
+rag_routes calls in twice per request. After a retrieval, `note_retrieval` only queues it: one
+worker thread of the loop's executor at a time takes whatever queued up and records it off the
+request path: the hits' injection markers (rag/injection.py), the best hit's score, and the
+queries' embeddings, computed in one batch, with the drift reports they lead to (rag/drift.py), so
+a reader (/admin/stats, /metrics, the alert rules) never waits for a model or a permutation test.
+After an answer, `note_answer` scores it on the event loop (string work over the answer and its
+chunks, about a millisecond; see rag/quality.py): the answer follows seconds of generation.
 
 Everything is in memory: the counts and the drift baselines start over with the server. The
 numbers leave through `snapshot()` (the "quality" object of /admin/stats) and `metric_families()`
@@ -92,6 +92,16 @@ class InjectionTally:
 
 
 @dataclass(slots=True, frozen=True)
+class Retrieval:
+    """One retrieval waiting for the worker."""
+
+    key: ScopeKey
+    mode: str
+    query: str
+    hits: list[Hit]
+
+
+@dataclass(slots=True, frozen=True)
 class MetricFamily:
     """One Prometheus metric: samples are (name suffix, labels, value)."""
 
@@ -102,7 +112,7 @@ class MetricFamily:
 
 
 class QualityStats:
-    """Thread-safe: observed on the event loop, embedded in a worker thread, read anywhere."""
+    """Thread-safe: observed on the event loop, recorded by a worker thread, read anywhere."""
 
     def __init__(self, drift_settings: DriftSettings | None = None) -> None:
         self.drift_settings = drift_settings or DriftSettings()
@@ -110,23 +120,16 @@ class QualityStats:
         self._answers: dict[ScopeKey, AnswerTally] = {}
         self._injection: dict[ScopeKey, InjectionTally] = {}
         self._drift: dict[ScopeKey, ScopeDrift] = {}
-        self._pending: deque[tuple[ScopeKey, str]] = deque(maxlen=MAX_PENDING)
-        self._is_embedding = False
-        self.num_embed_failures = 0
+        self._pending: deque[Retrieval] = deque(maxlen=MAX_PENDING)
+        self._is_working = False
+        self._num_recording = 0  # retrievals the worker has taken and not yet recorded
 
     def observe_retrieval(self, key: ScopeKey, mode: str, query: str, hits: list[Hit]) -> bool:
-        """Count the hits' injection markers and note the best score and the query; True when the
-        caller should start `embed_pending` (no batch is running)."""
-        flags = [(hit, injection_markers(hit.text)) for hit in hits]
+        """Queue a retrieval for the worker (all the event loop does); True when the caller should
+        start `process_pending` (no worker is running)."""
         with self._lock:
-            tally = self._injection.setdefault(key, InjectionTally())
-            for hit, markers in flags:
-                tally.add(hit, markers)
-            drift = self._scope_drift(key)
-            if hits:
-                drift.add_score(mode, hits[0].score)
-            self._pending.append((key, " ".join(query.split())))
-            start, self._is_embedding = not self._is_embedding, True
+            self._pending.append(Retrieval(key, mode, " ".join(query.split()), hits))
+            start, self._is_working = not self._is_working, True
         return start
 
     def observe_answer(self, key: ScopeKey, answer: str, sources: list[str]) -> AnswerQuality:
@@ -141,39 +144,52 @@ class QualityStats:
             self._drift[key] = ScopeDrift(self.drift_settings)
         return self._drift[key]
 
-    def embed_pending(self, embed: Callable[[list[str]], np.ndarray]) -> None:
-        """Worker thread: embed the queued queries in batches until none are left, then evaluate
-        the scopes that moved, so readers find their reports ready."""
+    def process_pending(self, embed: Callable[[list[str]], np.ndarray]) -> None:
+        """Worker thread: until the queue is empty, record what queued up: the hits' injection
+        markers, the best scores, the queries' embeddings (one batch) and the drift they lead to."""
         while True:
             with self._lock:
                 batch = list(self._pending)
                 self._pending.clear()
+                self._num_recording = len(batch)
                 if not batch:
-                    self._is_embedding = False
+                    self._is_working = False
                     return
             try:
-                vectors = embed([query for _, query in batch])
+                self._record(batch, embed)
             except Exception:
-                log.exception("embedding %d queries for the drift windows failed", len(batch))
-                with self._lock:
-                    self.num_embed_failures += 1
-                continue
-            self._add_queries(batch, vectors)
+                log.exception("recording %d retrievals for the quality numbers failed", len(batch))
 
-    def _add_queries(self, batch: list[tuple[ScopeKey, str]], vectors: np.ndarray) -> None:
-        by_scope: dict[ScopeKey, list[int]] = {}
-        for i, (key, _) in enumerate(batch):
-            by_scope.setdefault(key, []).append(i)
+    def _record(self, batch: list[Retrieval], embed: Callable[[list[str]], np.ndarray]) -> None:
+        found = [[injection_markers(hit.text) for hit in r.hits] for r in batch]
         with self._lock:
-            for key, rows in by_scope.items():
+            for retrieval, markers in zip(batch, found, strict=True):
+                tally = self._injection.setdefault(retrieval.key, InjectionTally())
+                for hit, names in zip(retrieval.hits, markers, strict=True):
+                    tally.add(hit, names)
+                if retrieval.hits:
+                    self._scope_drift(retrieval.key).add_score(retrieval.mode, retrieval.hits[0].score)
+        vectors = embed([r.query for r in batch])
+        rows: dict[ScopeKey, list[int]] = {}
+        for i, retrieval in enumerate(batch):
+            rows.setdefault(retrieval.key, []).append(i)
+        for key, indexes in rows.items():
+            with self._lock:
                 drift = self._scope_drift(key)
-                drift.add_queries(vectors[rows])
-                drift.reports()
+            windows, report = drift.with_queries(vectors[indexes])  # the costly part, without the lock
+            with self._lock:
+                drift.set_queries(windows, report)
 
     def drifted_scopes(self) -> list[ScopeKey]:
         """(tenant, collection) of every scope whose retrieval traffic has drifted from its baseline."""
         with self._lock:
             return sorted(key for key, drift in self._drift.items() if drift.drifted)
+
+    @property
+    def backlog(self) -> int:
+        """Retrievals observed and not yet recorded by the worker."""
+        with self._lock:
+            return len(self._pending) + self._num_recording
 
     def _views(self) -> tuple[dict[ScopeKey, AnswerTally], dict[ScopeKey, dict], dict[ScopeKey, list]]:
         """Copies of the answer tallies, the injection tallies (as dicts) and the drift reports."""
@@ -198,6 +214,7 @@ class QualityStats:
             "drift_settings": {"baseline_size": s.baseline_size, "window_size": s.window_size,
                                "min_window": s.min_window, "alpha": s.alpha},
             "injection": [{**_scope(key), **tally} for key, tally in injection.items()],
+            "backlog": self.backlog,
         }
 
     def metric_families(self) -> list[MetricFamily]:
@@ -256,11 +273,11 @@ def _drift_families(drift: dict[ScopeKey, list[DriftReport]]) -> list[MetricFami
 
 def note_retrieval(state: AppState, tenant: str, collection: str, mode: str | None, query: str,
                    hits: list[Hit]) -> None:
-    """After a retrieval (event loop): record it, and start embedding the queued queries if idle."""
+    """After a retrieval (event loop): queue it, and start the worker if none is running."""
     rag = state.need_rag()
     quality = state.metrics.quality
     if quality.observe_retrieval((tenant, collection), mode or rag.settings.default_mode, query, hits):
-        asyncio.get_running_loop().run_in_executor(None, quality.embed_pending, rag.embedder.embed)
+        asyncio.get_running_loop().run_in_executor(None, quality.process_pending, rag.embedder.embed)
 
 
 def note_answer(state: AppState, tenant: str, collection: str, answer: str, hits: list[Hit]) -> None:

@@ -95,6 +95,15 @@ def _quality(server: ServerProcess) -> dict:
     return server.get_json("/admin/stats")["quality"]
 
 
+def _settled(server: ServerProcess) -> dict:
+    """The quality numbers once the worker has recorded every retrieval made so far."""
+    deadline = time.monotonic() + WAIT_S
+    while (quality := _quality(server))["backlog"]:
+        assert time.monotonic() < deadline, quality["backlog"]
+        time.sleep(0.1)
+    return quality
+
+
 def _row(rows: list[dict], collection: str, **match) -> dict:
     found = [r for r in rows if r["tenant"] == TENANT and r["collection"] == collection
              and all(r.get(k) == v for k, v in match.items())]
@@ -153,11 +162,11 @@ def test_answers_are_scored_as_the_library_scores_them(server, run, key, squad):
 
 
 def test_a_poisoned_chunk_is_flagged_and_counted_per_collection(server, run, key):
-    before = _injection(server, "kb")
+    before = _injection(_settled(server), "kb")
     [results] = run(_retrieve_all(server.url, key, "kb", ["What do zebras need?"], top_k=3))
     num_poisoned = sum(1 for r in results if r["source"] == "notes/zebra-care.txt")
     assert num_poisoned >= 1, results
-    row = _injection(server, "kb")
+    row = _injection(_settled(server), "kb")
     assert row["num_chunks"] == before["num_chunks"] + len(results)
     assert row["num_flagged"] == before["num_flagged"] + num_poisoned
     assert row["markers"] == {"ignore_instructions": row["num_flagged"]}
@@ -170,9 +179,9 @@ def test_a_poisoned_chunk_is_flagged_and_counted_per_collection(server, run, key
                    tenant=TENANT) == row["markers"]["ignore_instructions"]
 
 
-def _injection(server: ServerProcess, collection: str) -> dict:
+def _injection(quality: dict, collection: str) -> dict:
     """The collection's injection counts (zeros before its first retrieval)."""
-    rows = [r for r in _quality(server)["injection"]
+    rows = [r for r in quality["injection"]
             if r["tenant"] == TENANT and r["collection"] == collection]
     return rows[0] if rows else {"num_chunks": 0, "num_flagged": 0, "markers": {}, "recent": []}
 

@@ -8,6 +8,7 @@ the real server: a question asked there shows up on the screen with the numbers 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 from textual.pilot import Pilot
@@ -79,6 +80,17 @@ async def test_a_failed_read_keeps_the_numbers_and_says_why(synthetic):
         assert "not updated: internal error (500)" in message
 
 
+def settled(server) -> dict:
+    """/admin/stats once the server has recorded every retrieval made so far (a worker does it)."""
+    for _ in range(600):
+        status, stats = http(server, "GET", "/admin/stats")
+        assert status == 200, stats
+        if not stats["quality"]["backlog"]:
+            return stats
+        time.sleep(0.1)
+    raise AssertionError(f"the quality backlog stays at {stats['quality']['backlog']}")
+
+
 async def _upload(url: str, collection: str, name: str, text: str) -> int:
     form = aiohttp.FormData()
     form.add_field("file", text.encode(), filename=name, content_type="text/plain")
@@ -93,7 +105,7 @@ async def test_a_question_asked_on_the_real_server_shows_up(server):
                 "top_k": 2, "max_tokens": 24}
     status, answer = await asyncio.to_thread(http, server, "POST", "/v1/rag/query", question)
     assert status == 200, answer
-    status, stats = await asyncio.to_thread(http, server, "GET", "/admin/stats")
+    stats = await asyncio.to_thread(settled, server)
     [row] = [r for r in stats["quality"]["answers"]["scopes"] if r["collection"] == "tides"]
     assert row["tenant"] == "admin" and row["num_answers"] == 1
     async with dashboard(server).run_test(size=SIZE) as pilot:
