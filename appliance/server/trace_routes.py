@@ -8,7 +8,7 @@ from aiohttp import web
 from appliance.server.errors import bad_request
 from appliance.server.params import read_json
 from appliance.server.state import state_of
-from appliance.server.tracing import ORDERS, RING_SIZE
+from appliance.server.trace_sink import ORDERS, RING_SIZE
 
 DEFAULT_LIMIT = 50
 

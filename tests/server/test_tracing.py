@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from appliance.server.config import ServerConfig
 from appliance.server.runner import serve
-from appliance.server.tracing import provider
+from appliance.server.trace_sink import provider
 from tests.server.helpers import (
     ADMIN_KEY,
     appliance_bin,
