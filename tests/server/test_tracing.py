@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from appliance.server.config import ServerConfig
+from appliance.server.config import ConfigError, ServerConfig, load_config
 from appliance.server.runner import serve
 from appliance.server.trace_sink import provider
 from tests.server.helpers import (
@@ -384,3 +384,12 @@ def test_the_overhead_benchmark_compares_tracing_on_and_off(app, tmp_path):
     assert traced == {True: 2, False: 0}
     assert all(row["completed"] == 2 for row in result["rows"])
     assert asyncio.run(_get(app.url, "/admin/traces"))[1]["enabled"] is True  # left as it was
+
+
+def test_the_tracing_settings_come_from_the_environment():
+    assert load_config(environ={}).tracing is True
+    assert load_config(environ={"APPLIANCE_TRACING": "0"}).tracing is False
+    endpoint = "http://127.0.0.1:4318/v1/traces"
+    assert load_config(environ={"APPLIANCE_OTLP_ENDPOINT": endpoint}).otlp_endpoint == endpoint
+    with pytest.raises(ConfigError, match="must be an http"):
+        load_config(environ={"APPLIANCE_OTLP_ENDPOINT": "collector:4318"})
