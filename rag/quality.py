@@ -1,7 +1,7 @@
 """Per-answer quality signals, from the answer's text and the retrieved sources alone.
 
-No second model call: it is string work over text the request already holds, well under a
-millisecond for a typical answer over five chunks, so every answer gets scored.
+No second model call: it is string work over text the request already holds, about a millisecond
+for a typical answer over five chunks, so every answer gets scored.
 
 - groundedness: the share of the answer's content words that occur in the retrieved sources.
   Content words are the answer's lowercased letter/digit runs minus English function words, the

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ScopeKey = tuple[str, str]  # (tenant, collection)
-MAX_PENDING = 1024  # queries waiting for their embedding; the oldest go first when it overflows
+MAX_PENDING = 1024  # retrievals waiting for the worker; the oldest go first when it overflows
 NUM_RECENT_FLAGS = 5  # flagged chunks remembered per scope, to point the operator at them
 
 
