@@ -18,9 +18,11 @@ from textual.containers import Grid
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
+from tui.ask_session import AskClient
 from tui.client import ApiError, ApplianceClient
 from tui.latency import TPOT, TTFT, LatencyWindow
 from tui.poller import PollResult, poll_once
+from tui.screens.ask import AskScreen
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
@@ -38,7 +40,7 @@ from tui.widgets.tenants_table import TenantsTable
 from tui.widgets.throughput_panel import ThroughputPanel
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "requests", "quality",
+MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "ask", "requests", "quality",
                 "help"}
 
 
@@ -53,6 +55,7 @@ class DashboardApp(App[None]):
         Binding("p", "toggle_admission", "Pause/resume"),
         Binding("k", "new_key", "New key"),
         Binding("e", "edit_tenant", "Edit tenant", show=False),
+        Binding("a", "ask", "Ask"),
         Binding("r", "requests", "Requests"),
         Binding("d", "quality", "Quality"),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -65,6 +68,7 @@ class DashboardApp(App[None]):
         screenshots that do not depend on timing. `ca_cert` verifies an https server (see the client)."""
         super().__init__()
         self.client = ApplianceClient(url, api_key, ca_cert=ca_cert)
+        self.ask_client = AskClient(url, api_key, ca_cert=ca_cert)  # the Ask screen's own session
         self.poll_interval_s = poll_interval_s
         self.autopoll = autopoll
         self.latency = LatencyWindow()
@@ -96,6 +100,7 @@ class DashboardApp(App[None]):
 
     async def on_unmount(self) -> None:
         await self.client.close()
+        await self.ask_client.close()
 
     # --- polling ---------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -172,6 +177,10 @@ class DashboardApp(App[None]):
     def report_error(self, message: str) -> None:
         self.query_one(MessageLine).error(message)
         self.notify(message, severity="error", timeout=8)
+
+    def action_ask(self) -> None:
+        """Ask as the highlighted tenant (or the first one that is not admin)."""
+        self.push_screen(AskScreen(self.ask_client, self.query_one(TenantsTable).highlighted_key))
 
     def action_requests(self) -> None:
         self.push_screen(RequestsScreen(self.client, self.poll_interval_s, self.autopoll))

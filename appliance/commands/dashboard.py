@@ -1,6 +1,7 @@
 """`appliance dashboard [--url] [--api-key] [--ca-cert]`: the Textual control panel for an appliance.
 
 The only place that imports tui/; the dashboard talks to the server over HTTP and needs an admin key.
+`appliance demo` opens it through `open_in_process`, on the event loop its own server runs on.
 """
 
 from __future__ import annotations
@@ -62,3 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     DashboardApp(url, key, poll_interval_s=interval, ca_cert=ca).run()
     return 0
+
+
+async def open_in_process(url: str, key: str) -> None:
+    """The dashboard on the running event loop (the demo's, beside its server), until it is quit."""
+    from tui.in_process import InProcessDashboardApp
+
+    await InProcessDashboardApp(url, key).run_async()

@@ -1,9 +1,12 @@
-"""`appliance demo` (what `make run` runs): serve, load sample documents, ask, show how to try it.
+"""`appliance demo` (what `make run` runs): serve, load sample documents, ask, then open the dashboard.
 
-Starts the server in this process on its defaults, creates a `demo` tenant and a fresh key, uploads
-the squad-rag articles from ../shared/data/squad-rag/docs when they are there (else the sample
-documents shipped in appliance/samples/), asks one RAG question and one chat question through the
-HTTP API, prints the answers and the curl lines to try, and keeps serving until Ctrl-C.
+Starts the server in this process on its defaults (or APPLIANCE_* settings), creates a `demo` tenant
+and a fresh key, uploads the squad-rag articles from ../shared/data/squad-rag/docs when they are there
+(else the sample documents shipped in appliance/samples/), asks one RAG question and one chat question
+through the HTTP API and prints the answers and the curl lines to try. Then, on a terminal, it opens
+the dashboard on the same event loop with the demo's admin key (see demo_keys.py); quitting the
+dashboard (q) stops the appliance. Without a terminal (or with --no-dashboard) it prints the
+dashboard command, key included, and serves until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ import json
 import os
 import shlex
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from appliance.cli import UserError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SQUAD_DOCS = Path("../shared/data/squad-rag/docs")
-TENANT = "demo"
 COLLECTION = "demo"
 DOC_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
 QUESTIONS = {  # a question each document set can answer
@@ -31,6 +34,7 @@ QUESTIONS = {  # a question each document set can answer
 }
 CHAT_QUESTION = "In one sentence: what is a lighthouse for?"
 READY_TIMEOUT_S = 600
+Finale = Literal["stop", "serve", "dashboard"]  # what follows the questions (serve: until Ctrl-C)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--docs", default=None, help="documents to upload (default: squad-rag docs or samples)")
     p.add_argument("--max-tokens", type=int, default=96, help="answer length cap")
     p.add_argument("--once", action="store_true", help="stop after the demo instead of serving on")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="do not open the dashboard on a terminal: print its command and serve on")
     p.set_defaults(func=run)
 
 
@@ -49,6 +55,13 @@ class DemoPlan:
     docs: list[Path]
     question: str
     max_tokens: int
+
+
+@dataclass(slots=True, frozen=True)
+class DemoKeys:
+    tenant: str  # the `demo` tenant's key, for the curl lines
+    admin: str  # the dashboard's admin key (its plaintext is also in the data dir's key file)
+    admin_file: Path
 
 
 def pick_docs(explicit: str | None) -> tuple[list[Path], str]:
@@ -65,19 +78,12 @@ def pick_docs(explicit: str | None) -> tuple[list[Path], str]:
     return files, QUESTIONS[kind]
 
 
-def make_demo_key(data_dir: str) -> str:
-    """A fresh key for the `demo` tenant; earlier demo keys are revoked so they do not pile up."""
+def make_keys(data_dir: str) -> DemoKeys:
+    from appliance.commands.demo_keys import admin_key_path, dashboard_key, tenant_key
     from appliance.server.store import ControlStore
 
-    store = ControlStore.open(data_dir)
-    try:
-        store.create_tenant(TENANT, exist_ok=True)
-        for old in store.list_keys(TENANT):
-            if old["name"] == "demo" and not old["revoked_at"]:
-                store.revoke_key(old["id"])
-        return store.create_key(TENANT, "tenant", "demo")[1]
-    finally:
-        store.close()
+    with closing(ControlStore.open(data_dir)) as store:
+        return DemoKeys(tenant_key(store), dashboard_key(store, data_dir), admin_key_path(data_dir))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,12 +95,22 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     docs, question = pick_docs(args.docs)
-    key = make_demo_key(config.data_dir)
+    keys = make_keys(config.data_dir)
     plan = DemoPlan(docs, question, args.max_tokens)
-    return asyncio.run(_main(config, key, plan, args.once))
+    return asyncio.run(_main(config, keys, plan, _finale_of(args)))
 
 
-async def _main(config, key: str, plan: DemoPlan, once: bool) -> int:
+def _finale_of(args: argparse.Namespace) -> Finale:
+    if args.once:
+        return "stop"
+    return "serve" if args.no_dashboard or not on_terminal() else "dashboard"
+
+
+def on_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+async def _main(config, keys: DemoKeys, plan: DemoPlan, finale: Finale) -> int:
     from appliance.server.runner import serve
 
     stop = asyncio.Event()
@@ -108,7 +124,8 @@ async def _main(config, key: str, plan: DemoPlan, once: bool) -> int:
     try:
         if not await _wait_ready(url, server):
             return await server
-        await demo_session(url, key, plan, sys.stdout)
+        await demo_session(url, keys.tenant, plan, sys.stdout)
+        await _finale(url, keys, finale)
     except Exception as exc:
         interrupted = stop.is_set()  # after Ctrl-C the server refuses new requests: no failure
         if not interrupted:
@@ -116,11 +133,30 @@ async def _main(config, key: str, plan: DemoPlan, once: bool) -> int:
         stop.set()
         code = await server
         return code if interrupted else 1
-    if once:
+    if finale != "serve":
         stop.set()
-    else:
-        print("\nServing until Ctrl-C.", flush=True)
     return await server
+
+
+async def _finale(url: str, keys: DemoKeys, finale: Finale) -> None:
+    if finale == "dashboard":
+        from appliance.commands.dashboard import open_in_process
+
+        print("\nOpening the dashboard (q closes it and stops the appliance) ...", flush=True)
+        await open_in_process(url, keys.admin)
+        print("Dashboard closed: stopping the appliance.", flush=True)
+    elif finale == "serve":
+        print_dashboard_command(url, keys, sys.stdout)
+        print("\nServing until Ctrl-C.", flush=True)
+
+
+def print_dashboard_command(url: str, keys: DemoKeys, out: TextIO) -> None:
+    """The exact command that opens the dashboard on this appliance, with the demo's admin key."""
+    script = Path(sys.executable).parent / "appliance"
+    program = str(script) if script.exists() else "appliance"
+    print(f"\nThe dashboard (admin key also in {keys.admin_file.resolve()}, readable by you only):", file=out)
+    print(f"  {shlex.quote(program)} dashboard --url {url} --api-key {shlex.quote(keys.admin)}", file=out,
+          flush=True)
 
 
 async def _wait_ready(url: str, server: asyncio.Task) -> bool:

@@ -18,6 +18,7 @@ KEYS = (
     ("p", "pause / resume admission (paused: new requests get 503)"),
     ("k", "create an API key for a tenant (shown once)"),
     ("e", "edit the highlighted tenant's weight and limits (or enter)"),
+    ("a", "ask a question as a tenant: streamed answer, sources, TTFT, trace"),
     ("r", "recent requests: their traces, a waterfall of each one's stages"),
     ("d", "answer quality, retrieval drift and injection flags per collection"),
     ("tab", "move between the tenants and collections tables"),
