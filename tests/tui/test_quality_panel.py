@@ -18,6 +18,7 @@ from tests.server.helpers import ADMIN_KEY, auth
 from tests.tui.helpers import connected, dashboard, http, wait_until
 from tests.tui.synthetic import KEY, RECORDED_QUALITY
 from tui.app import DashboardApp
+from tui.format import DASH
 from tui.screens.quality import QualityScreen
 from tui.widgets.quality_panel import QualityTable
 
@@ -114,6 +115,6 @@ async def test_a_question_asked_on_the_real_server_shows_up(server):
         table = pilot.app.screen.query_one(QualityTable)
         await wait_until(pilot, lambda: any(r[0] == "admin/tides" for r in table.cells()), "the tides row")
         [cells] = [r for r in table.cells() if r[0] == "admin/tides"]
-        grounded = "–" if row["groundedness_mean"] is None else f"{row['groundedness_mean']:.2f}"
+        grounded = DASH if row["groundedness_mean"] is None else f"{row['groundedness_mean']:.2f}"
         assert cells[1:3] == ["1", grounded]
         assert cells[5].startswith("baseline 1/")  # one retrieval: the baseline window is filling
