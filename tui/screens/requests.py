@@ -115,7 +115,9 @@ class RequestsScreen(Screen[None]):
 
 def summary(listing: TraceList) -> str:
     if not listing.enabled:
-        return "tracing is off on this appliance (APPLIANCE_TRACING=0): no requests are traced"
+        return "tracing is off on this appliance (APPLIANCE_TRACING, POST /admin/tracing): new requests " \
+               "are not traced"
     n = len(listing.traces)
+    other = "recent" if listing.order == "slowest" else "slowest"
     return (f"{n} traced request{'s' if n != 1 else ''}, {ORDER_LABELS.get(listing.order, listing.order)} "
-            "(s switches) · the waterfall shows the highlighted one · escape: back")
+            f"· s: {ORDER_LABELS[other]} · ↑↓: the request in the waterfall")
