@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from appliance.server.config import ConfigError, ServerConfig, load_config
 from appliance.server.runner import serve
 from appliance.server.trace_sink import provider
+from appliance.server.tracing import NO_TRACE, EngineTimes, Tracing
 from tests.server.helpers import (
     ADMIN_KEY,
     appliance_bin,
@@ -393,3 +394,19 @@ def test_the_tracing_settings_come_from_the_environment():
     assert load_config(environ={"APPLIANCE_OTLP_ENDPOINT": endpoint}).otlp_endpoint == endpoint
     with pytest.raises(ConfigError, match="must be an http"):
         load_config(environ={"APPLIANCE_OTLP_ENDPOINT": "collector:4318"})
+
+
+def test_a_request_the_engine_ended_before_its_first_token_has_one_engine_stage(exporter):
+    tracing = Tracing(True)
+    assert tracing.start("GET", "/admin/stats", "/admin/stats", "r0") is NO_TRACE  # admin: untraced
+    request = tracing.start("POST", "/v1/chat/completions", "/v1/chat/completions", "r1")
+    now = time.monotonic()
+    request.engine_stages(EngineTimes(now - 0.2, ended=now - 0.05), 40, 0, 0, "timeout")
+    request.end(504, "acme", "timeout", streamed=False)
+    root, stages = spans_of(exporter, request.trace_id)
+    assert [s.name for s in stages] == ["engine", "respond"]
+    assert stages[0].attributes["appliance.first_token"] is False
+    assert root.status.status_code is StatusCode.ERROR
+    record = tracing.traces(10)[0]
+    assert record["trace_id"] == request.trace_id and record["status"] == 504 and record["error"] == "timeout"
+    assert [s["name"] for s in record["spans"]] == ["engine", "respond"]
