@@ -69,7 +69,7 @@ def _cost(prompt: int, cached: int, generated: int, engine_s: float) -> dict:
 
 COST = {"currency": "USD", "day": "2026-01-01", "prices": PRICES,
         "tenants": {name: _cost(*usage) for name, usage in COST_TODAY.items()}}
-# /admin/alerts: the rule instances of a real server, all ok (the main screen's calm strip).
+# /admin/alerts: the rule instances of a real server, all ok (the main screen shows no alerts strip).
 CALM_ALERTS = [{**alert, "state": "ok", "since": "2026-01-01T00:00:00+00:00"} for alert in json.loads(
     (Path(__file__).with_name("alerts_recorded.json")).read_text())["alerts"]]
 COLLECTIONS = {
