@@ -48,6 +48,7 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto (Triton on CUDA, torch elsewhere) | torch | triton
     enable_cuda_graphs: bool = True  # capture decode steps on CUDA
     kv_cache_dtype: str = "auto"  # auto (the model dtype) | int8 (per token-and-head scales, ~1.9x blocks)
+    quantization: str = "none"  # weights: none (float) | auto (what the checkpoint carries) | int8 | int4
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
 
@@ -65,5 +66,7 @@ class EngineConfig:
                              f"got {self.attention_backend!r}")
         if self.kv_cache_dtype not in ("auto", "int8"):
             raise ValueError(f"kv_cache_dtype must be auto or int8, got {self.kv_cache_dtype!r}")
+        if self.quantization not in ("auto", "none", "int8", "int4"):
+            raise ValueError(f"quantization must be auto, none, int8 or int4, got {self.quantization!r}")
         if not (self.kv_cache_gib > 0 and math.isfinite(self.kv_cache_gib)):
             raise ValueError("kv_cache_gib must be a positive number")

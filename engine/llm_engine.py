@@ -38,7 +38,7 @@ class Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
-        ckpt = load_checkpoint(config.model)
+        ckpt = load_checkpoint(config.model, config.quantization)
         self.model_config = ckpt.config
         self.model_name = {"gguf": ckpt.path.stem, "hf": ckpt.path.name}.get(ckpt.format, str(ckpt.path))
         self.tokenizer = Tokenizer.from_checkpoint(ckpt)

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from engine.config import ModelConfig
+from engine.quant import QUANTIZATION_MODES, QuantWeight
+from engine.quant.gguf_blocks import auto_mode, decode_tensor
+from engine.quant.quantize import quantize
 
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "smollm", "smollm2"}
 HF_ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -33,10 +36,11 @@ class CheckpointError(ValueError):
 @dataclass(slots=True)
 class Checkpoint:
     config: ModelConfig
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor | QuantWeight]  # layouts for the linear weights when quantized
     path: Path  # the GGUF file or the HF directory
     format: str  # "gguf" | "hf"
     rope_freq_factors: torch.Tensor | None = None  # GGUF llama3 scaling ships per-frequency factors
+    quantization: str = "none"  # none | int8 | int4: what the weights were loaded as ("auto" resolved)
 
 
 def bundled_model_path() -> Path:
@@ -63,37 +67,51 @@ RANDOM_SHAPES = {
 }
 
 
-def random_checkpoint(spec: str) -> Checkpoint:
+def quant_target(name: str, mode: str) -> str | None:
+    """The layout a tensor loads into: projections follow the mode, embedding and head stay int8."""
+    if mode == "none":
+        return None
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return "int8"
+    return mode if name.endswith("proj.weight") else None
+
+
+def random_checkpoint(spec: str, quantization: str = "none") -> Checkpoint:
     """`random:1b` etc.: the shape only; the runner initialises weights on the device."""
     name = spec.split(":", 1)[1]
     if name not in RANDOM_SHAPES:
         raise CheckpointError(f"unknown random shape {name!r}; choose from {', '.join(RANDOM_SHAPES)}")
     config = ModelConfig(**RANDOM_SHAPES[name], rope_theta=500000.0, max_position_embeddings=16384,
                          eos_token_ids=[2], name=f"random-{name}")
-    return Checkpoint(config, {}, Path(spec), "random")
+    mode = "none" if quantization == "auto" else quantization
+    return Checkpoint(config, {}, Path(spec), "random", quantization=mode)
 
 
-def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike | None, quantization: str = "none") -> Checkpoint:
+    """`quantization`: none (float weights) | int8 | int4 | auto (what the checkpoint carries)."""
+    if quantization not in QUANTIZATION_MODES:
+        raise CheckpointError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, "
+                              f"got {quantization!r}")
     if isinstance(path, str) and path.startswith("random:"):
-        return random_checkpoint(path)
+        return random_checkpoint(path, quantization)
     p = Path(path) if path else bundled_model_path()
     if not p.exists():
         raise CheckpointError(f"model path does not exist: {p}")
     if p.is_dir():
         ggufs = sorted(p.glob("*.gguf"))
         if (p / "config.json").exists():
-            return load_hf_dir(p)
+            return load_hf_dir(p, quantization)
         if len(ggufs) == 1:
-            return load_gguf(ggufs[0])
+            return load_gguf(ggufs[0], quantization)
         raise CheckpointError(f"{p} holds neither config.json + safetensors nor a single .gguf file")
     if p.suffix != ".gguf":
         raise CheckpointError(f"{p} is not a .gguf file or a checkpoint directory")
-    return load_gguf(p)
+    return load_gguf(p, quantization)
 
 
 # --- GGUF -------------------------------------------------------------------------------------
 
-def load_gguf(path: Path) -> Checkpoint:
+def load_gguf(path: Path, quantization: str = "none") -> Checkpoint:
     import gguf
 
     try:
@@ -101,18 +119,18 @@ def load_gguf(path: Path) -> Checkpoint:
     except Exception as exc:  # the gguf package raises assorted errors on a damaged file
         raise CheckpointError(f"cannot read GGUF file {path}: {exc}") from exc
     config = gguf_config(reader, path)
+    mode = gguf_auto_mode(reader) if quantization == "auto" else quantization
     weights, freq_factors = {}, None
     for tensor in reader.tensors:
+        name = gguf_tensor_name(tensor.name)
         try:
-            array = gguf_dequantize(tensor)
+            value = gguf_tensor(tensor, quant_target(name or "", mode))
         except Exception as exc:
             raise CheckpointError(f"corrupt tensor {tensor.name} in {path}: {exc}") from exc
         if tensor.name == "rope_freqs.weight":
-            freq_factors = torch.from_numpy(array.astype(np.float32).reshape(-1))
-            continue
-        name = gguf_tensor_name(tensor.name)
-        if name is not None:
-            weights[name] = torch.from_numpy(np.array(array, dtype=np.float32))
+            freq_factors = value.reshape(-1)
+        elif name is not None:
+            weights[name] = value
     if config.architecture == "llama":  # llama.cpp permutes Q/K rows for its rope layout: undo it
         for key, value in weights.items():
             if key.endswith("q_proj.weight"):
@@ -121,7 +139,19 @@ def load_gguf(path: Path) -> Checkpoint:
                 weights[key] = _unpermute(value, config.num_kv_heads)
     config.tie_word_embeddings = "lm_head.weight" not in weights
     check_weights(config, weights, path)
-    return Checkpoint(config, weights, path, "gguf", freq_factors)
+    return Checkpoint(config, weights, path, "gguf", freq_factors, mode)
+
+
+def gguf_auto_mode(reader) -> str:
+    return auto_mode([t.tensor_type.name for t in reader.tensors if quant_target(
+        gguf_tensor_name(t.name) or "", "int4") == "int4"])
+
+
+def gguf_tensor(tensor, target: str | None) -> torch.Tensor | QuantWeight:
+    """One tensor as fp32, or straight into the target layout (int4 from Q4 blocks: no float copy)."""
+    if target is not None:
+        return decode_tensor(tensor, target, gguf_dequantize)
+    return torch.from_numpy(np.array(gguf_dequantize(tensor), dtype=np.float32))
 
 
 def gguf_dequantize(tensor) -> np.ndarray:
@@ -149,8 +179,11 @@ def gguf_tensor_name(name: str) -> str | None:
     return None
 
 
-def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+def _unpermute(w: torch.Tensor | QuantWeight, num_heads: int) -> torch.Tensor | QuantWeight:
+    """A row permutation, so a quantized layout's rows (codes with their scales) move the same way."""
     rows = w.shape[0]
+    if not isinstance(w, torch.Tensor):
+        return w.take_rows(_unpermute(torch.arange(rows), num_heads))
     return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -186,7 +219,7 @@ def gguf_config(reader, path: Path) -> ModelConfig:
 
 # --- HF checkpoint directories -----------------------------------------------------------------
 
-def load_hf_dir(path: Path) -> Checkpoint:
+def load_hf_dir(path: Path, quantization: str = "none") -> Checkpoint:
     from safetensors.torch import load_file
 
     try:
@@ -197,17 +230,21 @@ def load_hf_dir(path: Path) -> Checkpoint:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"no .safetensors files in {path}")
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
+    mode = "none" if quantization == "auto" else quantization  # float safetensors carry no quantization
+    weights: dict[str, torch.Tensor | QuantWeight] = {}
+    for f in files:  # file by file, each quantized before the next is read
         try:
-            weights.update(load_file(str(f)))
+            tensors = load_file(str(f))
         except Exception as exc:
             raise CheckpointError(f"cannot read {f}: {exc}") from exc
+        for name in list(tensors):
+            target = quant_target(name, mode)
+            weights[name] = tensors.pop(name) if target is None else quantize(tensors.pop(name), target)
     weights = {k: v for k, v in weights.items() if "rotary_emb" not in k}
     if "lm_head.weight" not in weights:
         config.tie_word_embeddings = True
     check_weights(config, weights, path)
-    return Checkpoint(config, weights, path, "hf")
+    return Checkpoint(config, weights, path, "hf", quantization=mode)
 
 
 def hf_config(raw: dict, path: Path) -> ModelConfig:

@@ -11,6 +11,8 @@ from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import Checkpoint
 from engine.model import LlamaForCausalLM, rope_inv_freq
+from engine.quant.apply import install_quantized
+from engine.quant.random_init import random_quantized_model
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 
@@ -67,16 +69,25 @@ class ModelRunner:
             return self._random_model(ckpt)
         with torch.device("meta"):
             model = LlamaForCausalLM(ckpt.config, ckpt.rope_freq_factors)
-        model = model.to_empty(device="cpu")
-        model.tie_weights()
-        model.load_weights(ckpt.weights)
-        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if ckpt.quantization != "none":
+            install_quantized(model, ckpt.weights, self.device, self.dtype)
+            model.eval()
+        else:
+            model = model.to_empty(device="cpu")
+            model.tie_weights()
+            model.load_weights(ckpt.weights)
+            model = model.to(device=self.device, dtype=self.dtype).eval()
         # RoPE frequencies stay fp32 whatever the weights' dtype (as in HF transformers).
         model.rotary.inv_freq = rope_inv_freq(ckpt.config, ckpt.rope_freq_factors).to(self.device)
         return model
 
     def _random_model(self, ckpt: Checkpoint) -> LlamaForCausalLM:
-        """Build straight on the device in the target dtype (an 8B shape never touches host memory)."""
+        """Build straight on the device in the target dtype (an 8B shape never touches host memory);
+        quantized shapes get random codes layer by layer, never a float copy of a weight."""
+        if ckpt.quantization != "none":
+            model = random_quantized_model(ckpt.config, ckpt.quantization, self.device, self.dtype)
+            model.rotary.inv_freq = rope_inv_freq(ckpt.config).to(self.device)
+            return model.eval()
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
