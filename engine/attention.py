@@ -2,6 +2,8 @@
 
 A step's flattened batch puts decode tokens (one per sequence) first and prefill chunks after, so
 each backend can use a batched decode kernel on the head and a varlen prefill kernel on the tail.
+The torch backend also gets the step's gather plans in the metadata (built once by the runner, then
+shared by every layer) instead of working them out from the block tables in each layer.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Protocol
 
 import torch
 
-from kernels import reference
+from kernels import cpu_attention, reference
+from kernels.cpu_attention import AttentionPlan
 
 
 @dataclass(slots=True)
@@ -23,10 +26,26 @@ class AttentionMetadata:
     prefill_block_tables: torch.Tensor  # int32 [num_prefills, max_blocks]
     prefill_query_start_loc: torch.Tensor  # int32 [num_prefills + 1], relative to the prefill tail
     prefill_seq_lens: torch.Tensor  # int32 [num_prefills]
+    decode_plan: AttentionPlan | None = None  # the torch backend's plans for this step, when planned
+    prefill_plan: AttentionPlan | None = None
 
     @property
     def num_prefills(self) -> int:
         return int(self.prefill_seq_lens.shape[0])
+
+    @property
+    def is_planned(self) -> bool:
+        return self.decode_plan is not None or self.prefill_plan is not None
+
+    def plan(self, block_size: int, group: int, dtype: torch.dtype) -> None:
+        """Work out the torch backend's gathers and masks for this step, once for every layer."""
+        if self.num_decode_tokens:
+            self.decode_plan = cpu_attention.plan_decode(self.decode_block_tables, self.decode_seq_lens,
+                                                         block_size, group, dtype)
+        if self.num_prefills:
+            self.prefill_plan = cpu_attention.plan_prefill(
+                self.prefill_block_tables, self.prefill_query_start_loc, self.prefill_seq_lens,
+                block_size, group, dtype)
 
 
 class AttentionBackend(Protocol):
@@ -44,12 +63,13 @@ class AttentionBackend(Protocol):
 
 
 class TorchBackend:
-    """The pure-torch reference: correct everywhere, the default on CPU."""
+    """Plain torch, the default on CPU: kernels.cpu_attention (checked against kernels.reference),
+    and the reference itself for an int8 cache."""
 
     name = "torch"
     store_kv = staticmethod(reference.store_kv)
-    decode = staticmethod(reference.paged_decode_attention)
-    prefill = staticmethod(reference.paged_prefill_attention)
+    decode = staticmethod(cpu_attention.paged_decode_attention)
+    prefill = staticmethod(cpu_attention.paged_prefill_attention)
     store_kv_int8 = staticmethod(reference.store_kv_int8)
     decode_int8 = staticmethod(reference.paged_decode_attention_int8)
     prefill_int8 = staticmethod(reference.paged_prefill_attention_int8)
@@ -75,6 +95,8 @@ def paged_attention(backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor,
     prefill = backend.prefill_int8 if int8 else backend.prefill
     store(k, v, *kv, meta.slot_mapping)
     n = meta.num_decode_tokens
+    if meta.is_planned:
+        return _attend_planned(q, kv, meta, scale)
     if meta.num_prefills == 0:
         return decode(q, *kv, meta.decode_block_tables, meta.decode_seq_lens, scale)
     tail = prefill(q[n:], *kv, meta.prefill_block_tables, meta.prefill_query_start_loc,
@@ -83,3 +105,14 @@ def paged_attention(backend: AttentionBackend, q: torch.Tensor, k: torch.Tensor,
         return tail
     head = decode(q[:n], *kv, meta.decode_block_tables, meta.decode_seq_lens, scale)
     return torch.cat([head, tail], dim=0)
+
+
+def _attend_planned(q: torch.Tensor, kv: tuple[torch.Tensor, ...], meta: AttentionMetadata,
+                    scale: float) -> torch.Tensor:
+    n = meta.num_decode_tokens
+    parts = []
+    if meta.decode_plan is not None:
+        parts.append(cpu_attention.attend(q[:n], *kv, meta.decode_plan, scale))
+    if meta.prefill_plan is not None:
+        parts.append(cpu_attention.attend(q[n:], *kv, meta.prefill_plan, scale))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

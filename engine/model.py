@@ -24,10 +24,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
+        if x.dtype == torch.float32:  # one fused op, bit-identical to the lines below in fp32
+            return torch.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return self.weight * h.to(x.dtype)
 
 
 def rope_inv_freq(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,20 +55,42 @@ def _llama3_inv_freq(inv: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    def __init__(self, inv_freq: torch.Tensor) -> None:
+    """RoPE from a cos/sin table over every position, built once; a step looks its positions up once.
+
+    The table holds cat(cos, cos) and cat(-sin, sin) of position * inv_freq in fp32 (as HF computes
+    them), so x * cos + roll(x, half) * sin is HF's x * cos + rotate_half(x) * sin, bit for bit.
+    It is rebuilt when inv_freq is replaced (the runner sets fp32 frequencies after a dtype cast) and
+    grows (doubling) when the runner reserves positions past its end: a forward pass never resizes it.
+    """
+
+    def __init__(self, inv_freq: torch.Tensor, max_positions: int = 4096) -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.max_positions = max_positions
+        self._table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos().to(q.dtype)[:, None, :], emb.sin().to(q.dtype)[:, None, :]
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def table(self, num_positions: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [>= num_positions, head_dim]; rebuilt only when stale or too short."""
+        built = self._table
+        if built is None or built[0] is not self.inv_freq or built[1].shape[0] < num_positions:
+            while self.max_positions < num_positions:
+                self.max_positions *= 2
+            inv = self.inv_freq.float()
+            freqs = torch.arange(self.max_positions, device=inv.device).float()[:, None] * inv[None, :]
+            cos, sin = freqs.cos(), freqs.sin()
+            built = (self.inv_freq, torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1))
+            self._table = built
+        return built[1], built[2]
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [num_tokens, 1, head_dim] at `positions`, in `dtype`."""
+        cos, sin = self.table()
+        return cos[positions].to(dtype)[:, None, :], sin[positions].to(dtype)[:, None, :]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [num_tokens, heads, head_dim] rotated by the step's `Rotary` output (rotate-half RoPE)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 # Checkpoints name the projections one by one; the model runs them fused (one matmul instead of
@@ -87,16 +110,16 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
         self.scale = c.head_dim ** -0.5
 
-    def forward(self, x, positions, rotary: Rotary, kv: tuple[torch.Tensor, ...],
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv: tuple[torch.Tensor, ...],
                 meta: AttentionMetadata, backend: AttentionBackend) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.num_heads, self.head_dim)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
+        qkv = self.qkv_proj(x)
+        # q and k rotate together: one set of RoPE ops over their heads side by side.
+        qk = apply_rotary(qkv[:, :self.q_size + self.kv_size].view(t, -1, self.head_dim), *rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size:].view(t, self.num_kv_heads, self.head_dim)
         o = paged_attention(backend, q, k, v, kv, meta, self.scale)
-        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+        return self.o_proj(o.reshape(t, self.q_size))
 
 
 class MLP(nn.Module):
@@ -118,8 +141,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c)
 
-    def forward(self, x, positions, rotary, kv, meta, backend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv, meta, backend)
+    def forward(self, x, rope, kv, meta, backend) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, kv, meta, backend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -136,7 +159,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.rotary = Rotary(rope_inv_freq(config, freq_factors))
+        self.rotary = Rotary(rope_inv_freq(config, freq_factors), min(config.max_position_embeddings, 4096))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -148,8 +171,9 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, ...]], backend: AttentionBackend) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
+        rope = self.rotary(positions, x.dtype)
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, positions, self.rotary, kv, meta, backend)
+            x = layer(x, rope, kv, meta, backend)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

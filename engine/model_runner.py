@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import chain
 
 import torch
 
@@ -60,6 +61,7 @@ class ModelRunner:
 
         max_len = self.config.max_model_len or self.model_config.max_position_embeddings
         max_blocks = min(self.num_blocks, -(-max_len // self.block_size))
+        self.model.rotary.table(max_len)  # the graphs capture the RoPE table: it must not grow later
         with torch.inference_mode():
             return DecodeGraphs(self.model, self.backend, self.kv_caches, self.config.max_num_seqs,
                                 max_blocks, self.device)
@@ -163,55 +165,58 @@ class ModelRunner:
         return logits, sample_seqs
 
     def prepare(self, batch: ScheduledBatch):
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        sample_idx: list[int] = []
-        sample_seqs: list[Sequence] = []
+        """Token ids, positions, metadata, the rows to sample and their sequences, for one step.
+
+        Positions and slots are computed with tensor ops over the whole step, not token by token.
+        """
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        starts = [s.num_computed_tokens for s in seqs]
+        spans = list(zip(seqs, starts, counts, strict=True))
+        ids = list(chain.from_iterable(s.token_ids[a:a + n] for s, a, n in spans))
+        ends = torch.tensor(counts, dtype=torch.long).cumsum(0)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(counts))
+        first = torch.tensor(starts, dtype=torch.long) - (ends - torch.tensor(counts))
+        positions = torch.arange(len(ids)) + first[seq_of_token]
+        tables = _block_tables(seqs, torch.device("cpu"))
         bs = self.block_size
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            start = seq.num_computed_tokens
-            ids.extend(seq.token_ids[start:start + n])
-            positions.extend(range(start, start + n))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            if start + n == seq.num_tokens:
-                sample_idx.append(len(ids) - 1)
-                sample_seqs.append(seq)
-        meta = self._metadata(batch, slots)
+        slots = tables[seq_of_token, positions // bs].long() * bs + positions % bs
+        sampled = [i for i, (s, a, n) in enumerate(spans) if a + n == s.num_tokens]
+        self.model.rotary.table(max((a + n for _, a, n in spans), default=0))
         dev = self.device
-        return (torch.tensor(ids, dtype=torch.long, device=dev),
-                torch.tensor(positions, dtype=torch.long, device=dev), meta,
-                torch.tensor(sample_idx, dtype=torch.long, device=dev), sample_seqs)
+        meta = self._metadata(batch, tables, slots.to(dev))
+        return (torch.tensor(ids, dtype=torch.long, device=dev), positions.to(dev), meta,
+                (ends[sampled] - 1).to(dev), [seqs[i] for i in sampled])
 
-    def _metadata(self, batch: ScheduledBatch, slots: list[int]) -> AttentionMetadata:
+    def _metadata(self, batch: ScheduledBatch, tables: torch.Tensor,
+                  slots: torch.Tensor) -> AttentionMetadata:
         nd = batch.num_decodes
-        decodes, prefills = batch.seqs[:nd], batch.seqs[nd:]
-        counts = batch.num_new_tokens[nd:]
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        lens = torch.tensor([s.num_computed_tokens + n for s, n in zip(seqs, counts, strict=True)],
+                            dtype=torch.int32)
+        starts = torch.zeros(len(seqs) - nd + 1, dtype=torch.int32)
+        starts[1:] = torch.tensor(counts[nd:], dtype=torch.int32).cumsum(0)
         dev = self.device
-
-        def lens(seqs, new):
-            return torch.tensor([s.num_computed_tokens + n for s, n in zip(seqs, new, strict=True)],
-                                dtype=torch.int32, device=dev)
-
-        return AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decode_tokens=nd,
-            decode_block_tables=_block_tables(decodes, dev),
-            decode_seq_lens=lens(decodes, [1] * nd),
-            prefill_block_tables=_block_tables(prefills, dev),
-            prefill_query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-            prefill_seq_lens=lens(prefills, counts),
-        )
+        meta = AttentionMetadata(
+            slot_mapping=slots, num_decode_tokens=nd,
+            decode_block_tables=_trimmed(tables[:nd], seqs[:nd]).to(dev),
+            decode_seq_lens=lens[:nd].to(dev),
+            prefill_block_tables=_trimmed(tables[nd:], seqs[nd:]).to(dev),
+            prefill_query_start_loc=starts.to(dev), prefill_seq_lens=lens[nd:].to(dev))
+        if self.backend.name == "torch" and not self.kv_int8:
+            c = self.model_config
+            meta.plan(self.block_size, c.num_heads // c.num_kv_heads, self.dtype)
+        return meta
 
 
 def _block_tables(seqs: list[Sequence], device: torch.device) -> torch.Tensor:
     width = max((len(s.block_table) for s in seqs), default=0)
     rows = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
     return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(seqs), width)
+
+
+def _trimmed(tables: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Rows of the step's block tables cut to the widest of these sequences' tables."""
+    return tables[:, :max((len(s.block_table) for s in seqs), default=0)]
 
 
 def _dummy_prefill_meta(n: int, device: torch.device) -> AttentionMetadata:
