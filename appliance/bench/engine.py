@@ -18,7 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--model", default=None,
                    help="GGUF file, HF dir, or random:1b / random:8b (default: bundled SmolLM2)")
+    p.add_argument("--quantization", default="none", choices=["auto", "none", "int8", "int4"],
+                   help="weights: none (float), auto (what the checkpoint carries), int8, int4")
     p.add_argument("--skip-hf", action="store_true", help="only run our engine")
+    p.add_argument("--load-only", action="store_true",
+                   help="load the model, print its resident weight bytes and the peak RSS, and stop")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                    kv_cache_gib=2.0, max_num_seqs=256))
+                                    quantization=args.quantization, kv_cache_gib=2.0, max_num_seqs=256))
+    print(load_report(engine, args.quantization))
+    if args.load_only:
+        return 0
     prompts = [engine.tokenizer.apply_chat_template(r.messages) for r in rag_requests(args.num_requests)]
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     num_prompt = sum(map(len, prompts))
@@ -44,6 +51,19 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("HF transformers static batching", *_time_hf(engine, prompts, args)))
     _report(rows, num_prompt, len(prompts) * args.output_len)
     return 0
+
+
+def load_report(engine, quantization: str) -> str:
+    """Weights' resident bytes and the process's peak RSS so far (the KV pool counts in RSS only
+    once it is touched: torch.zeros on CPU maps pages lazily)."""
+    import resource
+
+    from engine.quant.apply import weight_bytes
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    weights = weight_bytes(engine.runner.model) / 2**20
+    return (f"model {engine.model_name}, quantization {quantization}: weights {weights:.1f} MiB resident, "
+            f"peak RSS {peak / 2**30:.2f} GiB")
 
 
 def _time_ours(engine, prompts, params) -> tuple[float, int]:

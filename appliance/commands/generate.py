@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default="none", choices=["auto", "none", "int8", "int4"],
+                   help="weights: none (float) | auto (what the checkpoint carries: int4 for the "
+                        "bundled Q4_1) | int8 | int4")
     p.add_argument("--model", default=None, help="GGUF file or HF checkpoint dir (default: bundled)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
         config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                              kv_cache_gib=0.5, max_num_seqs=1)
+                              quantization=args.quantization, kv_cache_gib=0.5, max_num_seqs=1)
         engine = LLMEngine(config)
         ids = (engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
                if args.chat else engine.tokenizer.encode(prompt))

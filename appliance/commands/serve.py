@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="GGUF file or HF checkpoint dir (APPLIANCE_MODEL, default: bundled)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="APPLIANCE_DEVICE, default auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", choices=["auto", "none", "int8", "int4"],
+                   help="weights (APPLIANCE_QUANTIZATION, default none): auto = what the checkpoint carries")
     p.add_argument("--qdrant-url", help="use a Qdrant server instead of embedded Qdrant Edge")
     p.add_argument("--kv-cache-gib", type=float, help="KV cache size on CPU (default 1.0)")
     p.add_argument("--max-num-seqs", type=int, help="largest running batch (default 64)")
@@ -35,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-OVERRIDES = ("host", "port", "data_dir", "model", "device", "dtype", "qdrant_url", "kv_cache_gib",
-             "max_num_seqs", "max_queued_requests", "max_queued_tokens", "drain_timeout_s", "log_prompts",
-             "tls_cert", "tls_key")
+OVERRIDES = ("host", "port", "data_dir", "model", "device", "dtype", "quantization", "qdrant_url",
+             "kv_cache_gib", "max_num_seqs", "max_queued_requests", "max_queued_tokens", "drain_timeout_s",
+             "log_prompts", "tls_cert", "tls_key")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ class ServerConfig:
     model: str | None = None          # GGUF file or HF dir; None = the bundled SmolLM2
     device: str = "auto"
     dtype: str = "auto"
+    quantization: str = "none"        # weights: none | auto (what the checkpoint carries) | int8 | int4
     qdrant_url: str | None = None     # None = embedded Qdrant Edge under data_dir
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
@@ -94,6 +95,8 @@ class ServerConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.quantization not in ("auto", "none", "int8", "int4"):
+            raise ConfigError(f"quantization must be auto, none, int8 or int4, got {self.quantization!r}")
         positive = ("kv_cache_gib", "max_num_seqs", "max_num_batched_tokens", "max_queued_requests",
                     "max_queued_tokens", "default_max_tokens", "max_body_bytes", "max_upload_bytes",
                     "rag_top_k", "max_upload_inflight_bytes", "ingest_timeout_s", "request_timeout_s",

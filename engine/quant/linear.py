@@ -33,11 +33,12 @@ def can_use_int8_op(device: torch.device) -> bool:
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device) -> None:
+    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device,
+                 use_op: bool | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = weight.group_size
-        self.use_op = can_use_int4_op(device)
+        self.use_op = can_use_int4_op(device) if use_op is None else use_op
         if self.use_op:
             codes = weight.codes().to(torch.int32)
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
@@ -69,10 +70,11 @@ class Int4Linear(nn.Module):
 class Int8Linear(nn.Module):
     """Per-row int8; its codes and fp32 scales may be shared with an Int8Embedding (tied head)."""
 
-    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, device: torch.device) -> None:
+    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, device: torch.device,
+                 use_op: bool | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.use_op = can_use_int8_op(device)
+        self.use_op = can_use_int8_op(device) if use_op is None else use_op
         self.register_buffer("q", weight.q.to(device))
         self.register_buffer("scale", weight.scale.to(device))
         self.register_buffer("op_scale", weight.scale.to(device, OP_DTYPE))
