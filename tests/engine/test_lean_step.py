@@ -11,6 +11,7 @@ import torch
 from engine import SamplingParams
 from engine.attention import AttentionMetadata, TorchBackend, paged_attention
 from engine.model import RMSNorm, Rotary, apply_rotary
+from engine.model_runner import has_native_bf16_matmul, resolve_dtype
 from kernels import reference
 from tests.kernels.conftest import assert_close, make_paged_cache
 
@@ -112,3 +113,15 @@ def test_prepare_maps_every_token_to_its_slot(engine, monkeypatch):
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     engine.generate([prefix + list(range(2000, 2050)), prefix + list(range(3000, 3090)), [5, 6, 7]], params)
     assert any(d and p for d, p in seen), seen  # some step mixed decodes and prefill chunks
+
+
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively():
+    flags = set()
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert has_native_bf16_matmul() == native
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
