@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                    quantization=args.quantization, kv_cache_gib=2.0, max_num_seqs=256))
+                                    quantization=args.quantization,
+                                    kv_cache_gib=0.05 if args.load_only else 2.0, max_num_seqs=256))
     print(load_report(engine, args.quantization))
     if args.load_only:
         return 0
@@ -54,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_report(engine, quantization: str) -> str:
-    """Weights' resident bytes and the process's peak RSS so far (the KV pool counts in RSS only
-    once it is touched: torch.zeros on CPU maps pages lazily)."""
+    """Weights' resident bytes and the process's peak RSS so far (KV pool included)."""
     import resource
 
     from engine.quant.apply import weight_bytes

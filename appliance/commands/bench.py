@@ -1,4 +1,4 @@
-"""`appliance bench engine|prefix|serve|ingest|soak|fairness|tracing|peers`: each prints its numbers
+"""`appliance bench engine|prefix|serve|ingest|soak|fairness|tracing|peers|quality`: each prints its numbers
 and a peer's."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "fairness": "appliance.bench.fairness",
     "tracing": "appliance.bench.tracing",
     "peers": "appliance.bench.peers",
+    "quality": "appliance.bench.quality",
 }
 
 

@@ -46,7 +46,7 @@ class Int4Weight:
         w = q * self.scale.to(dtype)[..., None] + self.zero.to(dtype)[..., None]
         return w.reshape(n, k)
 
-    def take_rows(self, index: torch.Tensor) -> Int4Weight:
+    def take_rows(self, index: torch.Tensor | slice) -> Int4Weight:
         return Int4Weight(self.packed[index], self.scale[index], self.zero[index], self.group_size)
 
     @staticmethod

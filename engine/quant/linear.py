@@ -32,6 +32,19 @@ def can_use_int8_op(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
+PACK_ROWS = 2048  # rows packed at a time: the op wants int32 codes, 8x the packed size
+
+
+def cpu_int4_pack(weight: Int4Weight, num_rows: int = PACK_ROWS) -> torch.Tensor:
+    """The CPU op's packing, a block of rows at a time (the same bytes as packing all rows at once,
+    for blocks of a multiple of 64 rows), so an 8B layer's int32 codes never exist all at once."""
+    parts = []
+    for start in range(0, weight.shape[0], num_rows):
+        codes = weight.take_rows(slice(start, start + num_rows)).codes().to(torch.int32)
+        parts.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class Int4Linear(nn.Module):
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device,
                  use_op: bool | None = None) -> None:
@@ -40,8 +53,7 @@ class Int4Linear(nn.Module):
         self.group_size = weight.group_size
         self.use_op = can_use_int4_op(device) if use_op is None else use_op
         if self.use_op:
-            codes = weight.codes().to(torch.int32)
-            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+            self.register_buffer("packed", cpu_int4_pack(weight))
             scale_zero = torch.stack([weight.scale.t(), weight.zero.t()], dim=-1)
             self.register_buffer("scale_zero", scale_zero.to(OP_DTYPE).contiguous())
         else:

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from engine.loader import _unpermute, bundled_model_path
 from engine.quant.gguf_blocks import auto_mode, decode_q4
 from engine.quant.layouts import Int4Weight, Int8Weight
-from engine.quant.linear import OP_DTYPE, Int4Linear, Int8Linear, can_use_int4_op, can_use_int8_op
+from engine.quant.linear import (
+    OP_DTYPE,
+    Int4Linear,
+    Int8Linear,
+    can_use_int4_op,
+    can_use_int8_op,
+    cpu_int4_pack,
+)
 from engine.quant.quantize import quantize_int4, quantize_int8
 
 CPU = torch.device("cpu")
@@ -118,3 +125,11 @@ def test_stacked_rows_keep_each_parts_scales():
     assert torch.equal(both.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
     c, d = quantize_int8(torch.randn(8, 64)), quantize_int8(torch.randn(4, 64) * 10)
     assert torch.equal(Int8Weight.cat_rows([c, d]).dequantize(), torch.cat([c.dequantize(), d.dequantize()]))
+
+
+def test_cpu_int4_packing_by_blocks_of_rows_equals_packing_at_once():
+    if not can_use_int4_op(CPU):
+        pytest.skip("this torch has no CPU int4 weight-only matmul")
+    layout = quantize_int4(torch.randn(320, 64))
+    whole = cpu_int4_pack(layout, num_rows=320)
+    assert torch.equal(cpu_int4_pack(layout, num_rows=128), whole)  # 128 + 128 + 64 rows
