@@ -12,6 +12,7 @@ from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.loader import Checkpoint
 from engine.model import LlamaForCausalLM, rope_inv_freq
+from engine.packed_linear import can_pack, pack_linears
 from engine.quant.apply import install_quantized
 from engine.quant.random_init import random_quantized_model
 from engine.scheduler import ScheduledBatch
@@ -56,6 +57,8 @@ class ModelRunner:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             torch.set_num_threads(config.num_threads or env_threads or cores or 1)
         self.model = self._build_model(ckpt)
+        if can_pack(self.device, self.dtype):
+            pack_linears(self.model)
         self.backend = get_backend(self.device, config.attention_backend)
         self.block_size = config.block_size
         self.num_blocks = config.num_blocks or self._blocks_from_budget()
