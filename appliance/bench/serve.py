@@ -165,11 +165,12 @@ def _text_of(kind: str, event: dict) -> str:
 
 # --- load shapes ----------------------------------------------------------------------------------
 async def run_load(url: str, key: str, workload: Workload, concurrency: int | None,
-                   rate: float | None, seed: int) -> tuple[list[Sample], float]:
+                   rate: float | None, seed: int, keep_alive: bool = True) -> tuple[list[Sample], float]:
+    """`keep_alive=False`: a new connection per request, for servers that drop idle ones unannounced."""
     import aiohttp
 
     limit = concurrency or 0  # 0 = unlimited connections for open-loop arrivals
-    connector = aiohttp.TCPConnector(limit=limit)
+    connector = aiohttp.TCPConnector(limit=limit, force_close=not keep_alive)
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      headers={"Authorization": f"Bearer {key}"}) as session:
