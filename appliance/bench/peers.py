@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=550, help="length of the one-stream prompt")
     p.add_argument("--decode-tokens", type=int, default=64, help="output tokens of the one-stream decode")
     p.add_argument("--rounds", type=int, default=3, help="one-stream rounds (the median is kept)")
+    p.add_argument("--quantization", default=None, choices=["auto", "none", "int8", "int4"],
+                   help="our server's weights (default: appliance serve's default)")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"],
+                   help="our server's compute dtype (default: appliance serve's default)")
     p.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")
     p.add_argument("--threads", type=int, default=2, help="llama-server threads (-t)")
     p.add_argument("--vllm-dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -112,7 +116,7 @@ def _measure(system: str, inputs, args: argparse.Namespace, peers_dir: Path) -> 
 
     print(f"measuring {system} ...", flush=True)
     if system == "ours":
-        return asyncio.run(measure_ours(inputs, args.concurrency))
+        return asyncio.run(measure_ours(inputs, args.concurrency, serve_flags(args)))
     if system == "vllm":
         python, config = _vllm_paths(peers_dir)
         return measure_vllm(inputs, python, config.parent, args.vllm_dtype, peers_dir)
@@ -120,6 +124,15 @@ def _measure(system: str, inputs, args: argparse.Namespace, peers_dir: Path) -> 
 
     return asyncio.run(measure_llama(inputs, _llama_binary(peers_dir), bundled_model_path(),
                                      args.llama_parallel, args.threads, args.concurrency))
+
+
+def serve_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `appliance serve` flags this run sets; the rest stay the server's defaults."""
+    flags: tuple[str, ...] = ()
+    for name in ("quantization", "dtype"):
+        if getattr(args, name) is not None:
+            flags += (f"--{name}", getattr(args, name))
+    return flags
 
 
 def _write_json(path: Path, rows: list[Measured], prompt_tokens: int, args: argparse.Namespace) -> None:

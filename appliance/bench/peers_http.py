@@ -48,14 +48,15 @@ class LlamaServer(ServerProcess):
         return -code if code is not None and code < 0 else None
 
 
-async def measure_ours(inputs: Inputs, concurrency: int) -> Measured:
-    server = OwnServer(kv_cache_gib=None)  # the server's defaults, as a user starts it
+async def measure_ours(inputs: Inputs, concurrency: int, serve_args: tuple[str, ...]) -> Measured:
+    """`serve_args`: flags of `appliance serve`; otherwise its defaults, as a user starts it."""
+    server = OwnServer(None, serve_args)
     try:
         await server.wait_ready()
         model = await model_id(server.url, server.key)
         api = Api(server.url, server.key, "chat", "/v1/chat/completions",
                   lambda prompt, n: chat_body(model, prompt.messages, n))
-        name = f"ours: appliance serve over HTTP, {concurrency} streamed clients"
+        name = " ".join(["ours: appliance serve", *serve_args, f"over HTTP, {concurrency} streamed clients"])
         return await measure(name, api, inputs, concurrency)
     finally:
         server.close()

@@ -50,10 +50,11 @@ def print_workload(rows: list[Measured], num_requests: int, output_len: int) -> 
     ours = rows[0] if rows and rows[0].system.startswith("ours") else None
     print(f"\nRAG workload: {num_requests} requests, {output_len} output tokens each "
           "(times exclude load and one warm-up request)")
-    print(f"{'system':58} {'seconds':>8} {'out tok/s':>9} {'total tok/s':>11} {'ours faster':>11}")
+    width = max(len(row.system) for row in rows) if rows else 6
+    print(f"{'system':{width}} {'seconds':>8} {'out tok/s':>9} {'total tok/s':>11} {'ours faster':>11}")
     for row in rows:
         speedup = ratio(row.workload_s, ours.workload_s) if ours else None
-        print(f"{row.system:58} {row.workload_s:8.2f} {row.num_output_tokens / row.workload_s:9.1f} "
+        print(f"{row.system:{width}} {row.workload_s:8.2f} {row.num_output_tokens / row.workload_s:9.1f} "
               f"{(row.num_prompt_tokens + row.num_output_tokens) / row.workload_s:11.1f} "
               f"{_times(speedup):>11}")
         if row.note:
@@ -67,14 +68,15 @@ def print_one_stream(rows: list[Measured], prompt_tokens: int, decode_tokens: in
         return
     print(f"\none stream: a cold {prompt_tokens}-token RAG prompt; 1 and {decode_tokens} output tokens, "
           f"median of {len(rows[0].first_token_s)}")
-    print(f"{'system':58} {'prefill s':>9} {'prefill tok/s':>13} {'decode tok/s':>12} "
+    width = max(len(name) for name, _ in streams)
+    print(f"{'system':{width}} {'prefill s':>9} {'prefill tok/s':>13} {'decode tok/s':>12} "
           f"{'ours: prefill, decode':>22}")
     ours = streams[0][1] if streams[0][0].startswith("ours") else None
     for name, s in streams:
         prefill_x = ratio(ours.prefill_tok_s, s.prefill_tok_s) if ours else None
         decode_x = ratio(ours.decode_tok_s, s.decode_tok_s) if ours else None
         decode = f"{s.decode_tok_s:12.1f}" if s.decode_tok_s else f"{'-':>12}"
-        print(f"{name:58} {s.prefill_s:9.3f} {s.prefill_tok_s:13.1f} {decode} "
+        print(f"{name:{width}} {s.prefill_s:9.3f} {s.prefill_tok_s:13.1f} {decode} "
               f"{_times(prefill_x) + ', ' + _times(decode_x):>22}")
 
 

@@ -292,14 +292,15 @@ class ServerProcess:
 class OwnServer(ServerProcess):
     """`appliance serve` with a throwaway data dir and admin key."""
 
-    def __init__(self, kv_cache_gib: float | None) -> None:
+    def __init__(self, kv_cache_gib: float | None, serve_args: tuple[str, ...] = ()) -> None:
         super().__init__("serve")
         self.key = "bench-" + secrets.token_urlsafe(24)
         env = {**os.environ, "APPLIANCE_ADMIN_KEY": self.key}
         if kv_cache_gib is not None:  # None: the server's default
             env["APPLIANCE_KV_CACHE_GIB"] = str(kv_cache_gib)
         self.start([str(Path(sys.executable).parent / "appliance"), "serve", "--port", str(self.port),
-                    "--data-dir", str(Path(self.tmp.name) / "data"), "--log-level", "WARNING"], env)
+                    "--data-dir", str(Path(self.tmp.name) / "data"), "--log-level", "WARNING",
+                    *serve_args], env)
 
 
 async def _api(session, method: str, url: str, **kwargs) -> tuple[int, dict]:

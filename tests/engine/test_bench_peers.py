@@ -12,7 +12,7 @@ from argparse import Namespace
 
 import pytest
 
-from appliance.bench.peers import missing_peer
+from appliance.bench.peers import missing_peer, serve_flags
 from appliance.bench.peers_inputs import FIRST_SESSION, build_inputs
 from appliance.bench.peers_report import Measured, one_stream, print_one_stream, print_workload, ratio
 
@@ -47,6 +47,12 @@ def test_an_installed_peer_is_found_where_the_recipes_build_it(tmp_path):
     assert [missing_peer(s, tmp_path) for s in ("ours", "vllm", "llama")] == [None, None, None]
     (tmp_path / "smollm2-hf/config.json").unlink()  # a half-finished vLLM set-up is not installed
     assert "setup_vllm_cpu.sh" in missing_peer("vllm", tmp_path)
+
+
+def test_our_server_keeps_its_defaults_unless_a_flag_is_given():
+    assert serve_flags(Namespace(quantization=None, dtype=None)) == ()
+    assert serve_flags(Namespace(quantization="int4", dtype="bfloat16")) == ("--quantization", "int4",
+                                                                              "--dtype", "bfloat16")
 
 
 def test_inputs_are_our_tokens_and_one_stream_prompts_are_cold_and_equally_long(smol):
