@@ -267,7 +267,9 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc is None or self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited; log: {self.log_path}")
+                    status = self.proc.returncode if self.proc else None
+                    raise RuntimeError(f"the server exited (status {status}); its log ended with: "
+                                       f"{self.log_tail()}")
                 try:
                     async with session.get(self.url + "/health") as resp:
                         if resp.status == 200:
@@ -275,7 +277,14 @@ class ServerProcess:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.5)
-        raise RuntimeError(f"the server was not ready in {timeout_s:.0f} s; log: {self.log_path}")
+        raise RuntimeError(f"the server was not ready in {timeout_s:.0f} s; its log ended with: "
+                           f"{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The last line of the log (it goes with the folder when the server is closed)."""
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1][-300:] if lines else "(nothing)"
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from appliance.bench.serve import Sample, Workload, run_load, short_workload, summarize
+import sys
+
+import pytest
+
+from appliance.bench.serve import Sample, ServerProcess, Workload, run_load, short_workload, summarize
 from appliance.bench.stats import percentiles
 from tests.server.helpers import ADMIN_KEY
 
@@ -45,3 +49,14 @@ def test_percentiles_and_summary_arithmetic():
     row = summarize("one", samples, 2.0)
     assert row["tpot_s"]["mean"] == 1.0 and row["output_token_throughput"] == 1.5
     assert row["total_token_throughput"] == 6.5
+
+
+def test_a_server_that_exits_while_loading_is_reported_with_the_end_of_its_log(run):
+    server = ServerProcess("dies")
+    server.start([sys.executable, "-c", "import sys; print('cannot load the model'); sys.exit(3)"], {})
+    try:
+        ended = r"exited \(status 3\); its log ended with: cannot load the model"
+        with pytest.raises(RuntimeError, match=ended):
+            run(server.wait_ready(timeout_s=60))
+    finally:
+        server.close()
