@@ -1,4 +1,5 @@
-"""Summary statistics shared by every benchmark, so that a "p90" means the same thing in each report.
+"""Summary statistics shared by every benchmark and by the server's latency windows (/admin/stats),
+so that a "p90" means the same thing in every report.
 
 Percentiles are nearest-rank (the smallest observation with at least q of the sample at or below
 it): always an observed value, never an interpolation between two requests.

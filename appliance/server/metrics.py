@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from appliance.bench.stats import nearest_rank
 from appliance.server.quality_stats import MetricFamily, QualityStats
 
 if TYPE_CHECKING:
@@ -109,13 +110,8 @@ class Window:
         values = sorted(v for t, v in self.items if now - t <= self.max_age_s)
         if not values:
             return {"p50": None, "p90": None, "p99": None, "num_samples": 0}
-        return {"p50": _pct(values, 0.50), "p90": _pct(values, 0.90), "p99": _pct(values, 0.99),
-                "num_samples": len(values)}
-
-
-def _pct(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index]
+        return {"p50": nearest_rank(values, 0.50), "p90": nearest_rank(values, 0.90),
+                "p99": nearest_rank(values, 0.99), "num_samples": len(values)}
 
 
 class RateWindow:
