@@ -107,7 +107,8 @@ class DashboardApp(App[None]):
         """Start a poll in a worker unless one is still running."""
         if not self._polling:
             self._polling = True
-            self.run_worker(self.refresh_now(), group="poll", exit_on_error=False)
+            # the method, not a coroutine: a tick during shutdown leaves no coroutine unawaited
+            self.run_worker(self.refresh_now, group="poll", exit_on_error=False)
 
     async def refresh_now(self) -> bool:
         """One poll, shown on screen; True when the appliance answered."""

@@ -51,6 +51,7 @@ class AskReplay:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
+        self._loop.close()
 
     async def _start(self) -> None:
         app = web.Application()
