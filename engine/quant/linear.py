@@ -22,10 +22,11 @@ from engine.quant.layouts import Int4Weight, Int8Weight
 OP_DTYPE = torch.bfloat16
 
 
-def can_use_int4_op(device: torch.device) -> bool:
+def can_use_int4_op(device: torch.device, out_features: int = 16) -> bool:
+    """The op exists here, and packs this many rows (it wants a multiple of 16)."""
     aten = torch.ops.aten
     return device.type == "cpu" and hasattr(aten, "_convert_weight_to_int4pack_for_cpu") \
-        and hasattr(aten, "_weight_int4pack_mm_for_cpu")
+        and hasattr(aten, "_weight_int4pack_mm_for_cpu") and out_features % 16 == 0
 
 
 def can_use_int8_op(device: torch.device) -> bool:
@@ -51,7 +52,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = weight.group_size
-        self.use_op = can_use_int4_op(device) if use_op is None else use_op
+        self.use_op = can_use_int4_op(device, self.out_features) if use_op is None else use_op
         if self.use_op:
             self.register_buffer("packed", cpu_int4_pack(weight))
             scale_zero = torch.stack([weight.scale.t(), weight.zero.t()], dim=-1)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine import EngineConfig, LLMEngine
-from engine.loader import load_checkpoint
+from engine.loader import load_checkpoint, quant_target
 from engine.quant.apply import weight_bytes
 from engine.quant.layouts import Int4Weight, Int8Weight
 from tests.engine.conftest import greedy
@@ -73,3 +73,29 @@ def test_random_shapes_load_quantized_and_generate(mode):
     assert len(got.token_ids) == 6
     kinds = {type(m).__name__ for m in engine.runner.model.modules()}
     assert {"Int8Embedding", "Int8Linear"} <= kinds and ("Int4Linear" in kinds) == (mode == "int4")
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_hf_safetensors_quantize_on_load(tmp_path, mode):
+    from safetensors.torch import load_file
+
+    from tests.engine.conftest import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / "qwen2", "qwen2")  # q/k/v carry biases
+    ckpt = load_checkpoint(str(path), mode)
+    floats = {}
+    for f in sorted(path.glob("*.safetensors")):
+        floats.update(load_file(str(f)))
+    for name, w in ckpt.weights.items():
+        target = quant_target(name, mode)  # projections: mode; embedding and head: int8; rest float
+        if target is None:
+            assert isinstance(w, torch.Tensor) and torch.equal(w, floats[name])
+            continue
+        assert isinstance(w, Int4Weight if target == "int4" else Int8Weight)
+        step = w.scale.repeat_interleave(32, dim=1) if target == "int4" else w.scale[:, None]
+        assert ((w.dequantize() - floats[name]).abs() <= step / 2 + 1e-6).all(), name
+    assert sum(isinstance(w, Int4Weight | Int8Weight) for w in ckpt.weights.values()) == 2 + 2 * 7
+    engine = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32", kv_cache_gib=0.05,
+                                    quantization=mode))
+    [got] = engine.generate([[5, 6, 7, 8]], greedy(6, ignore_eos=True))
+    assert len(got.token_ids) == 6
