@@ -2,11 +2,14 @@
 
 One server, one workload (streamed RAG queries by default, the path with the most spans), phases
 that alternate tracing on and off (`POST /admin/tracing`) round after round, the order swapped every
-other round so a drift of the machine lands on both sides alike; each phase starts with a flushed
-prefix cache. The overhead is 1 - (median throughput on / median throughput off); the target is
-< 3%. Each phase also counts the traces the server kept for it: all of its requests when on, none
-when off. Without `--url` the benchmark starts its own `appliance serve`, as `bench serve` does; with
-`--url` it needs an admin key, and it leaves tracing as it found it.
+other round; each phase starts with a flushed prefix cache. Each round's two phases run back to
+back, so their ratio (throughput on / off) is measured under one state of the machine; the overhead
+is 1 - the median of the rounds' ratios (target < 3%), which a drift of the machine between rounds
+does not move. With its own server the benchmark also reads the server process's CPU time per
+request (user + system, from /proc) on both sides: the work tracing adds, whatever else the machine
+runs. Each phase counts the traces the server kept for it: all of its requests when on, none when
+off. Without `--url` it starts its own `appliance serve`, as `bench serve` does; with `--url` it needs
+an admin key, and it leaves tracing as it found it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -46,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", choices=["rag", "chat", "short"], default="rag",
                    help="rag: /v1/rag/query over the uploaded documents; chat: RAG-shaped chat prompts; "
                         "short: one-line questions")
-    p.add_argument("--rounds", type=int, default=3, help="on/off pairs of phases")
+    p.add_argument("--rounds", type=int, default=6, help="on/off pairs of phases")
     p.add_argument("--num-requests", type=int, default=16, help="streamed requests per phase")
     p.add_argument("--concurrency", type=int, default=4, help="clients per phase (closed loop)")
     p.add_argument("--max-tokens", type=int, default=16, help="output tokens per request (EOS ignored)")
@@ -79,26 +83,48 @@ async def _bench(args: argparse.Namespace, server: OwnServer | None) -> int:
         warmup = Workload(workload.kind, workload.path, workload.bodies[:2])
         await run_load(url, key, warmup, 1, None, args.seed)
         rows = []
+        pid = server.proc.pid if server is not None else None
         for round_index in range(args.rounds):
             for tracing in ((True, False) if round_index % 2 == 0 else (False, True)):
-                rows.append(await _phase(url, key, workload, tracing, args))
+                rows.append(await _phase(url, key, workload, tracing, args, pid))
     finally:
         await _set_tracing(url, key, was_on)
     return _report(rows, args)
 
 
-async def _phase(url: str, key: str, workload: Workload, tracing: bool, args: argparse.Namespace) -> dict:
+async def _phase(url: str, key: str, workload: Workload, tracing: bool, args: argparse.Namespace,
+                 pid: int | None) -> dict:
     await _set_tracing(url, key, tracing)
     await flush_cache(url, key)
-    started = time.time()
+    started, cpu_before = time.time(), _cpu_seconds(pid)
     samples, duration = await run_load(url, key, workload, args.concurrency, None, args.seed)
+    cpu_after = _cpu_seconds(pid)
     row = summarize(f"tracing {'on' if tracing else 'off'}", samples, duration)
     row["tracing"] = tracing
+    known = cpu_before is not None and cpu_after is not None and row["completed"]
+    row["server_cpu_s_per_request"] = (cpu_after - cpu_before) / row["completed"] if known else None
     row["traced_requests"] = await _num_traced(url, key, started)
+    _print_phase(row)
+    return row
+
+
+def _print_phase(row: dict) -> None:
+    cpu = row["server_cpu_s_per_request"]
     print(f"{row['label']:<12} {row['output_token_throughput']:8.2f} output tok/s "
           f"{row['request_throughput']:6.3f} req/s  {row['completed']}/{row['num_requests']} ok  "
-          f"{row['traced_requests']} traced", flush=True)
-    return row
+          f"{row['traced_requests']} traced" + (f"  server CPU {cpu:.3f} s/request" if cpu else ""),
+          flush=True)
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process and its threads so far (Linux /proc); None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _set_tracing(url: str, key: str, enabled: bool) -> bool:
@@ -127,17 +153,31 @@ async def _num_traced(url: str, key: str, since: float) -> int:
     return sum(1 for t in body.get("traces", []) if t["started_at"] >= since)
 
 
+def _paired(rows: list[dict], key: str) -> list[float]:
+    """Per round (two consecutive phases): the on phase's `key` over the off phase's."""
+    ratios = []
+    for first, second in zip(rows[::2], rows[1::2], strict=True):
+        on, off = (first, second) if first["tracing"] else (second, first)
+        if on[key] and off[key]:
+            ratios.append(on[key] / off[key])
+    return ratios
+
+
 def _report(rows: list[dict], args: argparse.Namespace) -> int:
-    on = [r["output_token_throughput"] for r in rows if r["tracing"]]
-    off = [r["output_token_throughput"] for r in rows if not r["tracing"]]
-    median_on, median_off = statistics.median(on), statistics.median(off)
-    overhead = 1.0 - median_on / median_off if median_off > 0 else None
-    print(f"\nmedian output token throughput over {args.rounds} round(s): tracing on {median_on:.2f}, "
-          f"off {median_off:.2f} tok/s")
+    ratios = _paired(rows, "output_token_throughput")
+    overhead = 1.0 - statistics.median(ratios) if ratios else None
+    cpu_ratios = _paired(rows, "server_cpu_s_per_request")
+    cpu_extra = statistics.median(cpu_ratios) - 1.0 if cpu_ratios else None
+    print(f"\nthroughput on/off per round: {', '.join(f'{r:.3f}' for r in ratios)}")
     if overhead is not None:
-        print(f"tracing overhead: {overhead * 100:+.1f}% of throughput (target < {TARGET * 100:.0f}%)")
+        print(f"tracing overhead: {overhead * 100:+.1f}% of throughput, median of {len(ratios)} rounds "
+              f"(target < {TARGET * 100:.0f}%)")
+    if cpu_extra is not None:
+        print(f"server CPU per request on/off per round: {', '.join(f'{r:.3f}' for r in cpu_ratios)}; "
+              f"tracing adds {cpu_extra * 100:+.1f}% CPU per request (median)")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k not in ("func", "api_key")},
-            "median_on": median_on, "median_off": median_off, "overhead": overhead, "rows": rows}, indent=2))
+            "throughput_ratios": ratios, "overhead": overhead, "cpu_ratios": cpu_ratios,
+            "cpu_extra": cpu_extra, "rows": rows}, indent=2))
     return 0 if all(r["failed"] == 0 for r in rows) else 1
