@@ -73,8 +73,12 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> N
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Resident bytes of the model's parameters and buffers, each storage counted once."""
+    """Resident bytes of the model's parameters and buffers, each storage counted once (an opaque
+    oneDNN-packed weight by its element count: its storage cannot be read)."""
     seen: dict[int, int] = {}
     for t in list(model.parameters()) + list(model.buffers()):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.is_mkldnn:
+            seen[id(t)] = t.numel() * t.element_size()
+        else:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values())
