@@ -7,9 +7,11 @@ back, so their ratio (throughput on / off) is measured under one state of the ma
 is 1 - the median of the rounds' ratios (target < 3%), which a drift of the machine between rounds
 does not move. With its own server the benchmark also reads the server process's CPU time per
 request (user + system, from /proc) on both sides: the work tracing adds, whatever else the machine
-runs. Each phase counts the traces the server kept for it: all of its requests when on, none when
-off. Without `--url` it starts its own `appliance serve`, as `bench serve` does; with `--url` it needs
-an admin key, and it leaves tracing as it found it.
+runs. Last, it times tracing's own work for one RAG-shaped request (a root, eight stages, the trace
+filed in a ring; no export) in its own process, next to the server's CPU time per request: what the
+phases measure within their noise. Each phase counts the traces the server kept for it: all of its
+requests when on, none when off. Without `--url` it starts its own `appliance serve`, as `bench
+serve` does; with `--url` it needs an admin key, and it leaves tracing as it found it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from appliance.bench.serve import (
 )
 
 TARGET = 0.03
+NUM_TIMED_TRACES = 2000
 # A streamed response can reach the client a moment before the server files its trace (the root span
 # ends when the handler returns, after the last byte): the count of a phase's traces waits this long.
 SETTLE_S = 0.2
@@ -175,9 +178,42 @@ def _report(rows: list[dict], args: argparse.Namespace) -> int:
     if cpu_extra is not None:
         print(f"server CPU per request on/off per round: {', '.join(f'{r:.3f}' for r in cpu_ratios)}; "
               f"tracing adds {cpu_extra * 100:+.1f}% CPU per request (median)")
+    own_us = _print_own_work(rows)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k not in ("func", "api_key")},
             "throughput_ratios": ratios, "overhead": overhead, "cpu_ratios": cpu_ratios,
-            "cpu_extra": cpu_extra, "rows": rows}, indent=2))
+            "cpu_extra": cpu_extra, "tracing_us_per_request": own_us, "rows": rows}, indent=2))
     return 0 if all(r["failed"] == 0 for r in rows) else 1
+
+
+def _print_own_work(rows: list[dict]) -> float:
+    """Time tracing's own work per request; print it next to the server's CPU per request (off)."""
+    own_us = tracing_cost_us(NUM_TIMED_TRACES)
+    cpu_off = [r["server_cpu_s_per_request"] for r in rows
+               if not r["tracing"] and r["server_cpu_s_per_request"]]
+    share = (f" = {own_us / 1e6 / statistics.median(cpu_off) * 100:.3f}% of the server's CPU per request"
+             if cpu_off else "")
+    print(f"tracing's own work: {own_us:.0f} µs per RAG-shaped request{share}")
+    return own_us
+
+
+def tracing_cost_us(num_traces: int) -> float:
+    """Mean wall time, in this process, of tracing one RAG-shaped request: its root span, the eight
+    stages a RAG query has, and the finished trace filed in a ring (what the server adds per request,
+    without the request)."""
+    from appliance.server.tracing import EngineTimes, Tracing
+
+    tracing = Tracing(True)
+    started = time.perf_counter()
+    for i in range(num_traces):
+        request = tracing.start("POST", "/v1/rag/query", "/v1/rag/query", str(i))
+        with request.current():
+            for name in ("auth", "embed", "search", "prompt"):
+                with request.stage(name):
+                    pass
+            now = time.monotonic()
+            request.engine_stages(EngineTimes(now, now, now, now), 400, 300, 16, "length")
+        request.headers()
+        request.end(200, "bench", None, streamed=True)
+    return (time.perf_counter() - started) / num_traces * 1e6
