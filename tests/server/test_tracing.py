@@ -38,10 +38,10 @@ from tests.server.helpers import (
     appliance_bin,
     assert_openai_error,
     auth,
-    free_port,
     post_json,
     sse_events,
 )
+from tests.threaded_app import ThreadedApp
 
 SAMPLES = Path(__file__).resolve().parents[2] / "appliance" / "samples"
 COLLECTION = "notes"
@@ -111,31 +111,21 @@ def exporter() -> InMemorySpanExporter:
     exporter.shutdown()  # the processor stays on the process's provider; a shut exporter keeps nothing
 
 
-class OtlpCollector:
+class OtlpCollector(ThreadedApp):
     """Receives OTLP/HTTP trace exports on 127.0.0.1 (its own loop, in a thread) and keeps the spans."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.spans: list[tuple[dict, object]] = []  # (resource attributes, protobuf Span)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/traces"
+        return f"{self.url}/v1/traces"
 
-    def start(self) -> OtlpCollector:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        return self
-
-    async def _start(self) -> None:
+    def build(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return app
 
     async def _export(self, request: web.Request) -> web.Response:
         message = ExportTraceServiceRequest.FromString(await request.read())
@@ -144,11 +134,6 @@ class OtlpCollector:
             self.spans += [(resource, span) for scope in resource_spans.scope_spans for span in scope.spans]
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ byte, with a fixed `X-Trace-Id` header as the tracing server sends.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from pathlib import Path
 
 from aiohttp import web
 
-from tests.server.helpers import ADMIN_KEY, free_port
+from tests.server.helpers import ADMIN_KEY
+from tests.threaded_app import ThreadedApp
 
 FRAMES = Path(__file__).with_name("ask_frames.json")
 QUESTION = "Who runs the Brindle Street Bakery today?"
@@ -27,42 +26,21 @@ TENANTS = ("acme", "admin", "globex")
 COLLECTIONS = ("handbook", "manuals")
 
 
-class AskReplay:
+class AskReplay(ThreadedApp):
     """`with AskReplay() as replay:` serves on 127.0.0.1 from its own thread until the block ends."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.revoked: list[str] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> AskReplay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
-
-    async def _start(self) -> None:
+    def build(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/admin/tenants", self._tenants)
         app.router.add_post("/admin/keys", self._mint)
         app.router.add_delete("/admin/keys/{key_id}", self._revoke)
         app.router.add_get("/v1/collections", self._collections)
         app.router.add_post("/v1/rag/query", self._query)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return app
 
     async def _tenants(self, request: web.Request) -> web.Response:
         return web.json_response({"tenants": [{"name": name} for name in TENANTS]})

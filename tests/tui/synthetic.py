@@ -8,12 +8,12 @@ draws the same history. Shapes follow appliance/server/admin_routes.py exactly.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from pathlib import Path
 
 from aiohttp import web
+
+from tests.threaded_app import ThreadedApp
 
 KEY = "synthetic-admin-key"
 # A fixed port below Linux's ephemeral range (32768+), so no test's free_port() can take it: the URL
@@ -120,40 +120,22 @@ def metrics_text(step: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-class SyntheticAppliance:
+class SyntheticAppliance(ThreadedApp):
     """Serves on 127.0.0.1 from a thread of its own (the dashboard under test runs its own loop)."""
 
     def __init__(self) -> None:
-        self.port = PORT
+        super().__init__(PORT)
         self.num_stats = 0
         self.num_metrics = 0
         self.failing: set[str] = set()  # paths answered with a 500, to show a partial outage
         self.tracing = True  # what /admin/traces says of the server's tracing
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def reset(self) -> None:
         self.num_stats = self.num_metrics = 0
         self.failing = set()
         self.tracing = True
 
-    def start(self) -> SyntheticAppliance:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-
-    async def _start(self) -> None:
+    def build(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/admin/stats", self._stats)
         app.router.add_get("/metrics", self._metrics)
@@ -163,9 +145,7 @@ class SyntheticAppliance:
         app.router.add_post("/admin/cache/flush", self._flush)
         app.router.add_get("/admin/alerts", self._alerts)
         app.router.add_get("/admin/traces", self._traces)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
