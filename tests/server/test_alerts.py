@@ -30,6 +30,7 @@ from tests.server.isolation_helpers import complete
 
 BLOCK_BYTES_FP32 = 2 * 30 * 16 * 3 * 64 * 4  # SmolLM2-135M: K and V, 30 layers, 16 tokens, 3 heads of 64
 ALERTS_ENV = {
+    "APPLIANCE_DTYPE": "float32",  # the block size below is fp32's (auto is bf16 on CPUs with bf16 matmul)
     "APPLIANCE_KV_CACHE_GIB": str(8.5 * BLOCK_BYTES_FP32 / 2**30),  # 8 blocks
     "APPLIANCE_MAX_NUM_SEQS": "4",
     "APPLIANCE_SLO_TTFT_S": "0.005", "APPLIANCE_SLO_QUEUE_WAIT_S": "0.1",

@@ -67,7 +67,7 @@ CASES = [
     ("min_tokens over max", "POST", CHAT, chat(min_tokens=5, max_tokens=2), ADMIN_KEY, 400, None),
     ("context length exceeded", "POST", CHAT, chat(max_tokens=100000), ADMIN_KEY, 400,
      "context_length_exceeded"),
-    ("prompt over context", "POST", COMPLETIONS, completion(prompt="word " * 7000), ADMIN_KEY, 400,
+    ("prompt over context", "POST", COMPLETIONS, completion(prompt="word " * 9000), ADMIN_KEY, 400,
      "context_length_exceeded"),
     ("prompt missing", "POST", COMPLETIONS, {"model": M}, ADMIN_KEY, 400, "missing_required_parameter"),
     ("prompt token out of vocab", "POST", COMPLETIONS, completion(prompt=[10**9]), ADMIN_KEY, 400,
