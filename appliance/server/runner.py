@@ -92,6 +92,9 @@ async def _wait(stop: asyncio.Event, loader: asyncio.Task, state: AppState) -> i
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # Loops that cannot take signal handlers (Windows' loop raises NotImplementedError, a loop
+        # outside the main thread RuntimeError: the tests' in-process servers) are stopped through
+        # `stop` by their owner instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
