@@ -4,6 +4,10 @@ Order: system prompt, then the retrieved chunks, then the question. The chunks a
 canonically (by source, doc_id, chunk_index — never by score) and each is rendered by one fixed
 template, so whenever the same chunks come back, in whatever score order, the prompt bytes up to
 the question are identical and the engine can reuse their KV blocks.
+
+`order="relevance"` is the alternative for answer quality: chunks by ascending retrieval score,
+so the most relevant one sits right before the question (small models attend most to what is
+near the question). It gives up prefix sharing; it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from rag.types import Hit
 
 CONTEXT_HEADER = "Context:\n"
 QUESTION_HEADER = "Question: "
+CHUNK_ORDERS = ("canonical", "relevance")
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,13 +47,32 @@ def canonical_order(hits: list[Hit]) -> list[Hit]:
     return sorted(unique.values(), key=lambda h: (h.source, h.doc_id, h.chunk_index))
 
 
+def relevance_order(hits: list[Hit]) -> list[Hit]:
+    """Least relevant first, most relevant last (nearest the question).
+
+    `hits` come best first; of equal scores the better-ranked one still ends up nearer the question.
+    """
+    unique = {hit.id: hit for hit in hits}
+    return sorted(reversed(list(unique.values())), key=lambda h: h.score)
+
+
+def order_hits(hits: list[Hit], order: str = "canonical") -> list[Hit]:
+    if order == "canonical":
+        return canonical_order(hits)
+    if order == "relevance":
+        return relevance_order(hits)
+    raise ValueError(f"chunk order must be one of {', '.join(CHUNK_ORDERS)}, got {order!r}")
+
+
 def render_chunk(label: int, hit: Hit) -> str:
     name = PurePosixPath(hit.source.replace("\\", "/")).name or hit.source
     return f"[{label}] {name}\n{hit.text.strip()}"
 
 
-def build_rag_prompt(system_prompt: str, hits: list[Hit], question: str) -> RagPrompt:
-    ordered = canonical_order(hits)
+def build_rag_prompt(
+    system_prompt: str, hits: list[Hit], question: str, order: str = "canonical"
+) -> RagPrompt:
+    ordered = order_hits(hits, order)
     blocks = [render_chunk(label, hit) for label, hit in enumerate(ordered, start=1)]
     context = CONTEXT_HEADER + "\n\n".join(blocks) if blocks else ""
     sources = [

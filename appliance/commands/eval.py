@@ -1,4 +1,5 @@
 """`appliance eval retrieval`: recall@1/5/10 on the squad-rag set, for each search mode.
+`appliance eval answers`: RAG answers against oracle-context answers (appliance/commands/eval_answers.py).
 
 The documents are ingested into a throw-away data dir with the settings given (the shipped
 defaults unless overridden), then every question is asked; see rag/evaluation.py for what counts
@@ -20,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate quality (retrieval recall)")
+    from appliance.commands.eval_answers import register_answers
+
+    p = subparsers.add_parser("eval", help="evaluate quality (retrieval recall, answers)")
     sub = p.add_subparsers(dest="eval", metavar="WHAT")
     r = sub.add_parser("retrieval", help="recall@1/5/10 on ../shared/data/squad-rag")
     r.add_argument(
@@ -32,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     r.set_defaults(func=run_retrieval)
+    register_answers(sub, add_settings_arguments)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
