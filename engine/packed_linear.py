@@ -9,15 +9,30 @@ packed weight replaces the dense one (no second copy); `weight` unpacks it on de
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """bf16 on a CPU whose torch has oneDNN and its linear-packing ops."""
+    """bf16 on a CPU where oneDNN can pack a bf16 linear weight (see `_cpu_packs_bf16`)."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and _cpu_packs_bf16()
+
+
+@functools.cache
+def _cpu_packs_bf16() -> bool:
+    """Whether this torch has the packing ops and this CPU runs them: oneDNN refuses a bf16 reorder
+    on CPUs without AVX512 (BW/VL/DQ) or AVX-NE-CONVERT (e.g. an AVX2-only EPYC), so try one."""
     ops = torch.ops.mkldnn
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise")):
+        return False
+    try:
+        ops._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):

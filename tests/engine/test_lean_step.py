@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine import SamplingParams
+from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.attention import AttentionMetadata, TorchBackend, paged_attention
 from engine.model import RMSNorm, Rotary, apply_rotary
 from engine.model_runner import has_native_bf16_matmul, resolve_dtype
@@ -125,3 +125,14 @@ def test_auto_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively():
     assert has_native_bf16_matmul() == native
     assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+def test_bf16_asked_for_runs_on_any_cpu(smol):
+    """`--dtype bfloat16` on a CPU that oneDNN cannot pack bf16 weights for (AVX2 only) used to
+    crash at load; it now keeps plain bf16 linears there, packed ones elsewhere."""
+    bf16 = LLMEngine(EngineConfig(device="cpu", dtype="bfloat16", kv_cache_gib=0.05, max_num_seqs=4))
+    prompt = smol.tokenizer.apply_chat_template([{"role": "user", "content": "Name a large city."}])
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    first = bf16.generate([prompt], params)[0].token_ids
+    assert len(first) == 3
+    assert first[0] == smol.generate([prompt], params)[0].token_ids[0]  # bf16 keeps fp32's first pick
