@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -78,3 +79,40 @@ async def test_event_loop_is_not_blocked(aengine):
         ticks += 1
     assert ticks > 5  # the loop kept turning while the engine thread worked
     assert (await task)[-1].finished
+
+
+async def test_from_config_loads_the_model_on_the_thread_that_steps(monkeypatch):
+    """One thread runs every torch op of the engine: loading on another leaves two OpenMP teams."""
+    from engine import EngineConfig, LLMEngine
+
+    threads: dict[str, set[int]] = {"load": set(), "step": set()}
+    init, step = LLMEngine.__init__, LLMEngine.step
+
+    def recording_init(self, *args, **kwargs):
+        threads["load"].add(threading.get_ident())
+        init(self, *args, **kwargs)
+
+    def recording_step(self):
+        threads["step"].add(threading.get_ident())
+        return step(self)
+
+    monkeypatch.setattr(LLMEngine, "__init__", recording_init)
+    monkeypatch.setattr(LLMEngine, "step", recording_step)
+    a = AsyncEngine.from_config(EngineConfig(device="cpu", dtype="float32", kv_cache_gib=0.05))
+    assert not a.is_running  # loaded, but the loop waits for start()
+    a.start()
+    try:
+        ids = _ids(a, "Name a fruit.")
+        outs = await _collect(a, "t0", ids, SamplingParams(max_tokens=3, temperature=0.0))
+    finally:
+        a.shutdown()
+    assert outs[-1].finished
+    assert threads["load"] == threads["step"] and threading.get_ident() not in threads["step"]
+
+
+def test_from_config_raises_a_load_error_on_the_callers_thread(tmp_path):
+    from engine import EngineConfig
+
+    with pytest.raises(Exception, match="not-a-model"):
+        AsyncEngine.from_config(EngineConfig(model=str(tmp_path / "not-a-model.gguf")))
+    assert not [t for t in threading.enumerate() if t.name == "engine-step-loop"]
