@@ -45,7 +45,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # per-step token budget (prefill chunks + decodes)
     max_model_len: int | None = None  # defaults to the model's context length
     enable_prefix_caching: bool = True
-    attention_backend: str = "auto"  # auto (Triton on CUDA, torch elsewhere) | torch | triton
+    attention_backend: str = "auto"  # auto (Triton on CUDA; torch + C++ decode on CPU) | torch | triton
     enable_cuda_graphs: bool = True  # capture decode steps on CUDA
     kv_cache_dtype: str = "auto"  # auto (the model dtype) | int8 (per token-and-head scales, ~1.9x blocks)
     quantization: str = "none"  # weights: none (float) | auto (what the checkpoint carries) | int8 | int4

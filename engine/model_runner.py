@@ -216,7 +216,7 @@ class ModelRunner:
             prefill_query_start_loc=starts.to(dev), prefill_seq_lens=lens[nd:].to(dev))
         if self.backend.name == "torch" and not self.kv_int8:
             c = self.model_config
-            meta.plan(self.block_size, c.num_heads // c.num_kv_heads, self.dtype)
+            meta.plan(self.block_size, c.num_heads // c.num_kv_heads, self.dtype, self.backend.plans_decode)
         return meta
 
 

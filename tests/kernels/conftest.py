@@ -96,7 +96,7 @@ def fresh_seed() -> int:
 # Relative error (max |out - ref| / max |ref|) allowed per input dtype. bf16 kernels round the
 # softmax probabilities to bf16 before the P @ V product, as flash attention does; the worst seen over
 # 8 x 15 random bf16 cases in the interpreter was 6.8e-3 (fp32: 8e-7).
-TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2}
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2, torch.float16: 2e-3}
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

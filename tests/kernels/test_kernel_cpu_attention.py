@@ -78,10 +78,11 @@ def _fill(cache: torch.Tensor, owned: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_padding_keys_stay_inside_each_sequence(paged_cache):
-    """Past a sequence's length the plan points at its own first slot, never at block 0."""
+def test_padding_blocks_stay_inside_each_sequence(paged_cache):
+    """Past a sequence's last block the plan points at its own first block, never at block 0."""
     cache = paged_cache([3, 20], 1, 8, 4, torch.float32)
-    slots = cpu_attention.key_slots(cache.block_tables, cache.seq_lens, 4, 20).view(2, 20)
-    first = cache.block_tables[:, 0].long() * 4
-    assert torch.equal(slots[0, 3:], first[0].expand(17))
-    assert bool((slots // 4 != 0).all())
+    blocks = cpu_attention.key_blocks(cache.block_tables, cache.seq_lens, 4, 5)
+    assert torch.equal(blocks[0, 1:], cache.block_tables[0, 0].long().expand(4))
+    assert torch.equal(blocks[1], cache.block_tables[1, :5].long())
+    assert bool((blocks != 0).all())
+
