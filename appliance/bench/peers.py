@@ -21,7 +21,7 @@ from pathlib import Path
 
 from appliance.bench.peers_report import Measured, one_stream, print_one_stream, print_workload
 
-SYSTEMS = ("ours", "vllm", "llama")
+SYSTEMS = ("ours", "offline", "vllm", "llama")  # offline: our engine in process, no HTTP
 RECIPES = Path(__file__).resolve().parents[3] / "shared" / "peers"
 
 
@@ -117,6 +117,10 @@ def _measure(system: str, inputs, args: argparse.Namespace, peers_dir: Path) -> 
     print(f"measuring {system} ...", flush=True)
     if system == "ours":
         return asyncio.run(measure_ours(inputs, args.concurrency, serve_flags(args)))
+    if system == "offline":
+        from appliance.bench.peers_offline import measure_offline
+
+        return measure_offline(inputs, args.quantization, args.dtype)
     if system == "vllm":
         python, config = _vllm_paths(peers_dir)
         return measure_vllm(inputs, python, config.parent, args.vllm_dtype, peers_dir)
