@@ -159,8 +159,10 @@ async def test_dashboard_numbers_match_admin_stats_under_load(server):
             await asyncio.gather(*clients)
             await runner.cleanup()
     assert len(polls) >= NUM_CHECKS // 2, polls
+    # No stall behind a slow answer: the next poll comes by the next tick or, when the busy loop made
+    # the timer skip a late tick (seen once on a loaded 2-core CI box: 1.53 s), the one after it.
     for (_, answered), (asked_again, _) in itertools.pairwise(polls):
-        assert asked_again - answered <= INTERVAL_S + TIMER_SLACK_S, polls
+        assert asked_again - answered <= 2 * INTERVAL_S + TIMER_SLACK_S, polls
     assert seen[-1]["query_tokens"] > seen[0]["query_tokens"], seen
     assert seen[-1]["finished"] > seen[0]["finished"], seen
     assert any(s["gen_tps"] > 0 for s in seen) and any(s["hit_tokens"] > 0 for s in seen), seen
