@@ -129,11 +129,14 @@ def _metrics(server: ServerProcess) -> str:
 
 def _wait_for_embeddings(server: ServerProcess, collection: str, num_recent: int,
                          num_baseline: int) -> dict:
-    """The drift report once the worker has embedded every query sent so far."""
+    """The drift report once the worker has embedded every query sent so far. The window counts
+    alone do not say so: the recent window is full before its last queries are in (it slides)."""
     deadline = time.monotonic() + WAIT_S
     while True:
-        report = _row(_quality(server)["drift"], collection, signal="query_embedding")
-        if (report["num_baseline"], report["num_recent"]) == (num_baseline, num_recent):
+        quality = _quality(server)
+        report = _row(quality["drift"], collection, signal="query_embedding")
+        if not quality["backlog"] and (report["num_baseline"], report["num_recent"]) == (num_baseline,
+                                                                                           num_recent):
             return report
         assert time.monotonic() < deadline, report
         time.sleep(0.2)
