@@ -5,8 +5,14 @@ CPU: torch's weight-only matmuls, `_weight_int4pack_mm_for_cpu` (int4, group-wis
 weight): with bf16 activations they beat a dense bf16 matmul for up to ~4 rows (0.10 ms against
 0.22 ms at one row) and lose beyond (0.64 ms against 0.25 ms at 16 rows); with fp32 activations they
 are 10-100x slower, so activations go through the op in bf16 whatever the model's dtype, and the
-op wants its scales in the activations' dtype (bf16). Dequantizing the weight per call instead
-cost 9 ms for that weight, so the op is used at every batch size.
+op wants its scales in the activations' dtype (bf16).
+The ops' cost grows with the rows at about half the dense fp32 rate (AVX2 EPYC, 2 threads,
+3,072x576, int8: 33 ms at 512 rows against 14.7 ms dense, and 1.4 ms to dequantize the weight), so
+from DENSE_MIN_ROWS rows on (prefill) a layer dequantizes its weight and multiplies densely, rounding
+the input and the output to bf16 as the op does: with fp32 activations both paths give the same
+numbers up to summation order (with bf16 activations the dequantized weight is rounded to bf16
+too). int4 reads its codes back out of the op's packing for that (int4_unpack.py); where that
+packing is not understood, the op serves every row count.
 Elsewhere (CUDA, or a torch without the op): the weight is dequantized per call into the
 activations' dtype and multiplied densely; correct, not fast.
 """
@@ -17,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.quant.int4_unpack import PackLayout, detect_layout
 from engine.quant.layouts import Int4Weight, Int8Weight
 
 OP_DTYPE = torch.bfloat16
@@ -33,6 +40,7 @@ def can_use_int8_op(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
+DENSE_MIN_ROWS = 48  # from this many rows on, dequantize and multiply densely (see above)
 PACK_ROWS = 2048  # rows packed at a time: the op wants int32 codes, 8x the packed size
 
 
@@ -53,6 +61,9 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.group_size = weight.group_size
         self.use_op = can_use_int4_op(device, self.out_features) if use_op is None else use_op
+        layout = detect_layout() if self.use_op else None
+        can_unpack = layout is not None and layout.can_unpack(self.out_features)
+        self.unpacking: PackLayout | None = layout if can_unpack else None  # for the dense path
         if self.use_op:
             self.register_buffer("packed", cpu_int4_pack(weight))
             scale_zero = torch.stack([weight.scale.t(), weight.zero.t()], dim=-1)
@@ -64,13 +75,15 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(device), requires_grad=False)
 
     def layout(self) -> Int4Weight:
-        """The weight as loaded (fallback path only keeps it; the op's packing is opaque)."""
+        """The weight as loaded (the fallback path's buffers; the op path keeps the op's packing)."""
         return Int4Weight(self.packed, self.scale, self.zero, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.use_op:
+        if self.unpacking is not None and x2.shape[0] >= DENSE_MIN_ROWS:
+            y = self.dense_like_op(x2)
+        elif self.use_op:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(OP_DTYPE), self.packed, self.group_size, self.scale_zero).to(x.dtype)
         else:
@@ -78,6 +91,21 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def dense_like_op(self, x2: torch.Tensor) -> torch.Tensor:
+        """The op's numbers (bf16 input, bf16 scale and zero, bf16 output) from one dense matmul."""
+        assert self.unpacking is not None
+        n, k, g = self.out_features, self.in_features, self.group_size
+        dtype = compute_dtype(x2)
+        codes = self.unpacking.unpack(self.packed, n, k).reshape(n, k // g, g)
+        scale, zero = self.scale_zero.to(dtype).permute(2, 1, 0)  # each [n, k // g]
+        weight = (codes.to(dtype) - 8) * scale[..., None] + zero[..., None]
+        return F.linear(x2.to(OP_DTYPE).to(dtype), weight.reshape(n, k)).to(OP_DTYPE).to(x2.dtype)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of a dense path's matmul: the activations', unless that is fp16 (no fast CPU gemm)."""
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
 
 
 class Int8Linear(nn.Module):
@@ -96,13 +124,22 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.use_op:
+        if self.use_op and x2.shape[0] < DENSE_MIN_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(OP_DTYPE), self.q, self.op_scale).to(x.dtype)
+        elif self.use_op:
+            y = self.dense_like_op(x2)
         else:
             y = F.linear(x2, Int8Weight(self.q, self.scale).dequantize(x.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def dense_like_op(self, x2: torch.Tensor) -> torch.Tensor:
+        """What the op computes (bf16 input, bf16 scales, bf16 output), as one dense matmul in the
+        activations' dtype: many rows at the speed of a float weight, for 1 byte a weight at rest."""
+        dtype = compute_dtype(x2)
+        weight = self.q.to(dtype) * self.op_scale.to(dtype)[:, None]
+        return F.linear(x2.to(OP_DTYPE).to(dtype), weight).to(OP_DTYPE).to(x2.dtype)
 
 
 class Int8Embedding(nn.Module):

@@ -20,7 +20,12 @@ from engine.quant.apply import weight_bytes
 from engine.quant.layouts import Int4Weight, Int8Weight
 from tests.engine.conftest import greedy
 
-PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
+           # over DENSE_MIN_ROWS tokens, so int8's prefill takes the dense path
+           "The lighthouse at Varnholm was built in 1872 from granite quarried on the island itself. Its "
+           "lamp burned paraffin until 1931, when an electric lamp replaced it, and the last keeper left "
+           "in 1989 when the light was automated. Visitors can climb its 112 steps in summer. "
+           "Question: when was the light automated? Answer:"]
 
 
 def reference_model(hf_model, mode: str):

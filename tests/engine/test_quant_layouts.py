@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from engine.loader import _unpermute, bundled_model_path
 from engine.quant.gguf_blocks import auto_mode, decode_q4
+from engine.quant.int4_unpack import detect_layout
 from engine.quant.layouts import Int4Weight, Int8Weight
 from engine.quant.linear import (
+    DENSE_MIN_ROWS,
     OP_DTYPE,
     Int4Linear,
     Int8Linear,
@@ -119,6 +121,26 @@ def test_int8_linear_matches_its_dequantized_weight(use_op):
         torch.testing.assert_close(y, F.linear(x, layout.dequantize()))
 
 
+def test_int8_rows_past_the_threshold_multiply_densely_as_the_op_would():
+    """Prefill-sized inputs take the dense path; each row must agree with the op's own answer for
+    it (to a bf16 rounding step, from summation order), so a sequence gets the same numbers whether
+    its rows arrive in a small step or a large one."""
+    if not can_use_int8_op(CPU):
+        pytest.skip("this torch has no int8 weight-only matmul")
+    layout = quantize_int8(torch.randn(96, 128) * 0.05)
+    linear = Int8Linear(layout, None, CPU)
+    x = torch.randn(DENSE_MIN_ROWS + 13, 128)
+    dense = linear(x)
+    by_op = torch.ops.aten._weight_int8pack_mm(x.to(OP_DTYPE), layout.q, layout.scale.to(OP_DTYPE)).float()
+    step = by_op.abs().clamp_min(1e-3) * 2**-7  # one bf16 ulp at most
+    assert ((dense - by_op).abs() <= step).all()
+    few = x[:DENSE_MIN_ROWS - 1]  # below the threshold: the op itself
+    assert torch.equal(linear(few), torch.ops.aten._weight_int8pack_mm(
+        few.to(OP_DTYPE), layout.q, layout.scale.to(OP_DTYPE)).float())
+    w = layout.q.float() * layout.scale.to(OP_DTYPE).float()[:, None]
+    torch.testing.assert_close(dense, F.linear(x.to(OP_DTYPE).float(), w), rtol=2e-2, atol=2e-2)
+
+
 def test_stacked_rows_keep_each_parts_scales():
     a, b = quantize_int4(torch.randn(8, 64)), quantize_int4(torch.randn(4, 64) * 10)
     both = Int4Weight.cat_rows([a, b])
@@ -133,3 +155,29 @@ def test_cpu_int4_packing_by_blocks_of_rows_equals_packing_at_once():
     layout = quantize_int4(torch.randn(320, 64))
     whole = cpu_int4_pack(layout, num_rows=320)
     assert torch.equal(cpu_int4_pack(layout, num_rows=128), whole)  # 128 + 128 + 64 rows
+
+
+def test_int4_codes_read_back_from_the_ops_packing():
+    """The packed layout detected here decodes any weight the op packed, block-sized or larger."""
+    if not can_use_int4_op(CPU):
+        pytest.skip("this torch has no CPU int4 weight-only matmul")
+    layout = detect_layout()
+    assert layout is not None, "the CPU int4 packing matches none of the known layouts"
+    weight = quantize_int4(torch.randn(192, 96))
+    packed = cpu_int4_pack(weight, num_rows=128)  # packed in two parts, as a large weight is
+    assert torch.equal(layout.unpack(packed, 192, 96), weight.codes())
+
+
+def test_int4_rows_past_the_threshold_multiply_densely_as_the_op_would():
+    if not can_use_int4_op(CPU) or detect_layout() is None:
+        pytest.skip("no CPU int4 op whose packing can be read back")
+    layout = quantize_int4(torch.randn(128, 96) * 0.05)
+    linear = Int4Linear(layout, None, CPU)
+    assert linear.unpacking is not None
+    x = torch.randn(DENSE_MIN_ROWS + 5, 96)
+    dense = linear(x)
+    by_op = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(OP_DTYPE), linear.packed, 32,
+                                                        linear.scale_zero).float()
+    step = by_op.abs().clamp_min(1e-3) * 2**-7  # one bf16 ulp at most
+    assert ((dense - by_op).abs() <= step).all()
+    torch.testing.assert_close(dense, int4_reference(layout, x), rtol=2e-2, atol=2e-2)
