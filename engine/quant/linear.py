@@ -7,12 +7,13 @@ weight): with bf16 activations they beat a dense bf16 matmul for up to ~4 rows (
 are 10-100x slower, so activations go through the op in bf16 whatever the model's dtype, and the
 op wants its scales in the activations' dtype (bf16).
 The ops' cost grows with the rows at about half the dense fp32 rate (AVX2 EPYC, 2 threads,
-3,072x576, int8: 33 ms at 512 rows against 14.7 ms dense, and 1.4 ms to dequantize the weight), so
-from DENSE_MIN_ROWS rows on (prefill) a layer dequantizes its weight and multiplies densely, rounding
+one SmolLM2-135M layer's four projections at 512 rows: int8 47 ms, int4 54 ms, fp32 dense 23 ms), so from
+`dense_min_rows` rows on (prefill) a layer dequantizes its weight and multiplies densely, rounding
 the input and the output to bf16 as the op does: with fp32 activations both paths give the same
 numbers up to summation order (with bf16 activations the dequantized weight is rounded to bf16
-too). int4 reads its codes back out of the op's packing for that (int4_unpack.py); where that
-packing is not understood, the op serves every row count.
+too). Those rows then cost 26 ms (int8) and 33 ms (int4: it reads its codes back out of the op's
+packing, int4_unpack.py; where that packing is not understood, the op serves every row count). The
+thresholds are where the two paths cost the same there: 48 rows for int8, 96 for int4.
 Elsewhere (CUDA, or a torch without the op): the weight is dequantized per call into the
 activations' dtype and multiplied densely; correct, not fast.
 """
@@ -40,7 +41,6 @@ def can_use_int8_op(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
-DENSE_MIN_ROWS = 48  # from this many rows on, dequantize and multiply densely (see above)
 PACK_ROWS = 2048  # rows packed at a time: the op wants int32 codes, 8x the packed size
 
 
@@ -55,6 +55,8 @@ def cpu_int4_pack(weight: Int4Weight, num_rows: int = PACK_ROWS) -> torch.Tensor
 
 
 class Int4Linear(nn.Module):
+    dense_min_rows = 96  # from this many rows on, dequantize and multiply densely (see above)
+
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, device: torch.device,
                  use_op: bool | None = None) -> None:
         super().__init__()
@@ -81,7 +83,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.unpacking is not None and x2.shape[0] >= DENSE_MIN_ROWS:
+        if self.unpacking is not None and x2.shape[0] >= self.dense_min_rows:
             y = self.dense_like_op(x2)
         elif self.use_op:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -99,7 +101,7 @@ class Int4Linear(nn.Module):
         dtype = compute_dtype(x2)
         codes = self.unpacking.unpack(self.packed, n, k).reshape(n, k // g, g)
         scale, zero = self.scale_zero.to(dtype).permute(2, 1, 0)  # each [n, k // g]
-        weight = (codes.to(dtype) - 8) * scale[..., None] + zero[..., None]
+        weight = codes.to(dtype).sub_(8).mul_(scale[..., None]).add_(zero[..., None])
         return F.linear(x2.to(OP_DTYPE).to(dtype), weight.reshape(n, k)).to(OP_DTYPE).to(x2.dtype)
 
 
@@ -110,6 +112,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class Int8Linear(nn.Module):
     """Per-row int8; its codes and fp32 scales may be shared with an Int8Embedding (tied head)."""
+
+    dense_min_rows = 48  # from this many rows on, dequantize and multiply densely (see above)
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, device: torch.device,
                  use_op: bool | None = None) -> None:
@@ -124,7 +128,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.use_op and x2.shape[0] < DENSE_MIN_ROWS:
+        if self.use_op and x2.shape[0] < self.dense_min_rows:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(OP_DTYPE), self.q, self.op_scale).to(x.dtype)
         elif self.use_op:
             y = self.dense_like_op(x2)
@@ -138,7 +142,7 @@ class Int8Linear(nn.Module):
         """What the op computes (bf16 input, bf16 scales, bf16 output), as one dense matmul in the
         activations' dtype: many rows at the speed of a float weight, for 1 byte a weight at rest."""
         dtype = compute_dtype(x2)
-        weight = self.q.to(dtype) * self.op_scale.to(dtype)[:, None]
+        weight = self.q.to(dtype).mul_(self.op_scale.to(dtype)[:, None])
         return F.linear(x2.to(OP_DTYPE).to(dtype), weight).to(OP_DTYPE).to(x2.dtype)
 
 

@@ -21,10 +21,12 @@ from engine.quant.layouts import Int4Weight, Int8Weight
 from tests.engine.conftest import greedy
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
-           # over DENSE_MIN_ROWS tokens, so int8's prefill takes the dense path
+           # over 96 tokens, so the prefill takes the dense path (Int8Linear/Int4Linear.dense_min_rows)
            "The lighthouse at Varnholm was built in 1872 from granite quarried on the island itself. Its "
            "lamp burned paraffin until 1931, when an electric lamp replaced it, and the last keeper left "
-           "in 1989 when the light was automated. Visitors can climb its 112 steps in summer. "
+           "in 1989 when the light was automated. Visitors can climb its 112 steps in summer, and the "
+           "keeper's cottage at its foot now holds a small museum of lenses, logbooks and the brass "
+           "fog bell that rang every thirty seconds in poor weather for more than sixty years. "
            "Question: when was the light automated? Answer:"]
 
 

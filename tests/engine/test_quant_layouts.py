@@ -13,7 +13,6 @@ from engine.quant.gguf_blocks import auto_mode, decode_q4
 from engine.quant.int4_unpack import detect_layout
 from engine.quant.layouts import Int4Weight, Int8Weight
 from engine.quant.linear import (
-    DENSE_MIN_ROWS,
     OP_DTYPE,
     Int4Linear,
     Int8Linear,
@@ -129,12 +128,12 @@ def test_int8_rows_past_the_threshold_multiply_densely_as_the_op_would():
         pytest.skip("this torch has no int8 weight-only matmul")
     layout = quantize_int8(torch.randn(96, 128) * 0.05)
     linear = Int8Linear(layout, None, CPU)
-    x = torch.randn(DENSE_MIN_ROWS + 13, 128)
+    x = torch.randn(Int8Linear.dense_min_rows + 13, 128)
     dense = linear(x)
     by_op = torch.ops.aten._weight_int8pack_mm(x.to(OP_DTYPE), layout.q, layout.scale.to(OP_DTYPE)).float()
     step = by_op.abs().clamp_min(1e-3) * 2**-7  # one bf16 ulp at most
     assert ((dense - by_op).abs() <= step).all()
-    few = x[:DENSE_MIN_ROWS - 1]  # below the threshold: the op itself
+    few = x[:Int8Linear.dense_min_rows - 1]  # below the threshold: the op itself
     assert torch.equal(linear(few), torch.ops.aten._weight_int8pack_mm(
         few.to(OP_DTYPE), layout.q, layout.scale.to(OP_DTYPE)).float())
     w = layout.q.float() * layout.scale.to(OP_DTYPE).float()[:, None]
@@ -174,7 +173,7 @@ def test_int4_rows_past_the_threshold_multiply_densely_as_the_op_would():
     layout = quantize_int4(torch.randn(128, 96) * 0.05)
     linear = Int4Linear(layout, None, CPU)
     assert linear.unpacking is not None
-    x = torch.randn(DENSE_MIN_ROWS + 5, 96)
+    x = torch.randn(Int4Linear.dense_min_rows + 5, 96)
     dense = linear(x)
     by_op = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(OP_DTYPE), linear.packed, 32,
                                                         linear.scale_zero).float()
