@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from kernels import cpu_attention, cpu_decode, reference
+from kernels import cpu_attention, cpu_decode, cpu_native, reference
 from kernels.cpu_attention import AttentionPlan
 
 
@@ -93,7 +93,7 @@ def get_backend(device: torch.device, name: str = "auto") -> AttentionBackend:
     if name == "torch":
         return TorchBackend()
     if name == "auto" and device.type != "cuda":
-        return TorchBackend(native_decode=device.type == "cpu" and cpu_decode.available())
+        return TorchBackend(native_decode=device.type == "cpu" and cpu_native.available())
     from kernels import triton_backend  # imported only where Triton can run
 
     return triton_backend.TritonBackend()

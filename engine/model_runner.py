@@ -10,6 +10,7 @@ import torch
 
 from engine.attention import AttentionMetadata, get_backend
 from engine.config import EngineConfig, ModelConfig
+from engine.cpu_linear import can_use_small_batch_linears, use_small_batch_linears
 from engine.loader import Checkpoint
 from engine.model import LlamaForCausalLM, rope_inv_freq
 from engine.packed_linear import can_pack, pack_linears
@@ -59,6 +60,8 @@ class ModelRunner:
         self.model = self._build_model(ckpt)
         if can_pack(self.device, self.dtype):
             pack_linears(self.model)
+        elif can_use_small_batch_linears(self.device, self.dtype, config.attention_backend):
+            use_small_batch_linears(self.model)
         self.backend = get_backend(self.device, config.attention_backend)
         self.block_size = config.block_size
         self.num_blocks = config.num_blocks or self._blocks_from_budget()

@@ -8,25 +8,15 @@ K and V straight from the paged cache, once, one (sequence, KV head) per task: t
 heads share each key row while it is in cache, scores are kept for a whole context (two-pass
 softmax, no per-key rescaling), and every sum is in fp32 whatever the cache dtype.
 
-Compiled with torch's JIT extension builder (g++ and ninja) into torch's extension cache, named by
-a hash of the source and of this CPU's flags: `-march=native` code never runs on another CPU. Where
-no compiler is available the caller keeps the torch path (`available()` says which).
+Built with the other CPU kernels (kernels.cpu_native); where no compiler is available the caller
+keeps the torch path (`cpu_native.available()` says which).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import sys
-from pathlib import Path
-
 import torch
 
-log = logging.getLogger(__name__)
+from kernels import cpu_native
 
 SOURCE = r"""
 #include <torch/extension.h>
@@ -125,48 +115,9 @@ torch::Tensor paged_decode(torch::Tensor q, torch::Tensor k_cache, torch::Tensor
 """
 
 
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        flags = platform.processor()
-    return flags
-
-
-def _ninja_on_path() -> None:
-    """torch's builder runs `ninja` from PATH; the `ninja` wheel puts it beside this python."""
-    here = str(Path(sys.executable).parent)
-    if shutil.which("ninja") is None and shutil.which("ninja", path=here):
-        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
-
-
-@functools.cache
-def _module():
-    from torch.utils.cpp_extension import load_inline
-
-    _ninja_on_path()
-    digest = hashlib.sha256((SOURCE + _cpu_fingerprint() + torch.__version__).encode()).hexdigest()[:12]
-    log.info("building the CPU paged-decode kernel (once per machine)")
-    return load_inline(name=f"appliance_paged_decode_{digest}", cpp_sources=[SOURCE],
-                       functions=["paged_decode"], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                       extra_ldflags=["-fopenmp"], verbose=False)
-
-
-@functools.cache
-def available() -> bool:
-    """Whether the kernel is built (building it now if need be); False where it cannot be."""
-    try:
-        _module()
-    except Exception as exc:  # no compiler, no ninja, no headers: the torch path serves
-        log.warning("CPU paged-decode kernel unavailable, using plain torch: %s", exc)
-        return False
-    return True
-
-
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """`kernels.reference.paged_decode_attention` (same arguments and layouts), in C++."""
     assert q.dtype == k_cache.dtype == v_cache.dtype, "queries and cache share a float dtype"
-    return _module().paged_decode(q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32),
-                                  seq_lens.to(torch.int32), float(scale))
+    return cpu_native.module().paged_decode(q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32),
+                                            seq_lens.to(torch.int32), float(scale))

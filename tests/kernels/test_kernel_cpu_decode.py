@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from engine.attention import AttentionMetadata, TorchBackend, get_backend, paged_attention
-from kernels import cpu_decode, reference
+from kernels import cpu_decode, cpu_native, reference
 from tests.kernels.conftest import assert_close
 
-pytestmark = pytest.mark.skipif(not cpu_decode.available(), reason="no C++ toolchain to build the kernel")
+pytestmark = pytest.mark.skipif(not cpu_native.available(), reason="no C++ toolchain to build the kernel")
 
 # (query heads, KV heads, head dim, page size, context lengths)
 SHAPES = [
