@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from appliance.bench.workload import rag_requests
+from appliance.bench.workload import chunk_pool_origin, rag_requests
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     num_prompt = sum(map(len, prompts))
     print(f"workload: {len(prompts)} RAG requests, {num_prompt} prompt tokens "
           f"(mean {num_prompt / len(prompts):.0f}), {args.output_len} output tokens each; "
-          f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
+          f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}; "
+          f"{chunk_pool_origin()}")
     engine.generate(prompts[:2], SamplingParams(max_tokens=2, temperature=0.0))  # warm-up
     rows = []
     for cache in (False, True):

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from appliance.bench.peers_report import Measured, one_stream, print_one_stream, print_workload
+from appliance.bench.workload import chunk_pool_origin
 
 SYSTEMS = ("ours", "offline", "vllm", "llama")  # offline: our engine in process, no HTTP
 RECIPES = Path(__file__).resolve().parents[3] / "shared" / "peers"
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = build_inputs(load_tokenizer(), args.num_requests, args.output_len, args.prompt_tokens,
                           args.decode_tokens, args.rounds)
     print(f"workload: {args.num_requests} RAG requests, {inputs.num_prompt_tokens} prompt tokens, "
-          f"{args.output_len} output tokens each; one stream: {inputs.one_stream_tokens}-token prompt",
-          flush=True)
+          f"{args.output_len} output tokens each; one stream: {inputs.one_stream_tokens}-token prompt; "
+          f"{chunk_pool_origin()}", flush=True)
     rows, failed = [], 0
     for system in runnable:
         try:

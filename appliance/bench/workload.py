@@ -35,9 +35,20 @@ class RagRequest:
     chunk_ids: tuple[int, ...]
 
 
+def _squad_docs() -> Path:
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "squad-rag" / "docs"
+
+
+def chunk_pool_origin() -> str:
+    """Where the chunks come from, for a benchmark's header: the two pools give different prompts, so
+    numbers from a checkout without ../shared (a worktree elsewhere, say) compare with neither."""
+    docs = _squad_docs()
+    return f"chunks from {docs}" if docs.is_dir() else f"synthetic chunks ({docs} not found)"
+
+
 def load_chunk_pool(num_chunks: int, chunk_chars: int = 600) -> list[str]:
     """Paragraph-sized chunks from the squad-rag docs beside the repo, else a synthetic pool."""
-    docs = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad-rag" / "docs"
+    docs = _squad_docs()
     paragraphs: list[str] = []
     if docs.is_dir():
         for f in sorted(docs.glob("*.txt")):
