@@ -8,6 +8,8 @@ hold the very Parameter of the layer they replace: no copy, and a tied output he
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,10 +39,16 @@ class SmallBatchLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def replace_linears(model: nn.Module, dtype: torch.dtype, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every `nn.Linear` of `model` whose weight is `dtype` by `make(layer)`; returns how many."""
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is nn.Linear and child.weight.dtype == dtype]
+    with torch.no_grad():
+        for parent, name, child in targets:
+            setattr(parent, name, make(child))
+    return len(targets)
+
+
 def use_small_batch_linears(model: nn.Module) -> int:
     """Replace every fp32 `nn.Linear` of `model` by a `SmallBatchLinear`; returns how many."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.float32]
-    for parent, name, child in targets:
-        setattr(parent, name, SmallBatchLinear(child))
-    return len(targets)
+    return replace_linears(model, torch.float32, SmallBatchLinear)

@@ -14,6 +14,8 @@ import functools
 import torch
 from torch import nn
 
+from engine.cpu_linear import replace_linears
+
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     """bf16 on a CPU where oneDNN can pack a bf16 linear weight (see `_cpu_packs_bf16`)."""
@@ -55,10 +57,4 @@ class PackedLinear(nn.Module):
 
 def pack_linears(model: nn.Module) -> int:
     """Replace every bf16 `nn.Linear` of `model` by a `PackedLinear`; returns how many were packed."""
-    targets = [(parent, name, child) for parent in model.modules()
-               for name, child in parent.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16]
-    with torch.no_grad():
-        for parent, name, child in targets:
-            setattr(parent, name, PackedLinear(child))
-    return len(targets)
+    return replace_linears(model, torch.bfloat16, PackedLinear)

@@ -102,12 +102,17 @@ class Int4Linear(nn.Module):
         codes = self.unpacking.unpack(self.packed, n, k).reshape(n, k // g, g)
         scale, zero = self.scale_zero.to(dtype).permute(2, 1, 0)  # each [n, k // g]
         weight = codes.to(dtype).sub_(8).mul_(scale[..., None]).add_(zero[..., None])
-        return F.linear(x2.to(OP_DTYPE).to(dtype), weight.reshape(n, k)).to(OP_DTYPE).to(x2.dtype)
+        return matmul_as_op(x2, weight.reshape(n, k))
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype of a dense path's matmul: the activations', unless that is fp16 (no fast CPU gemm)."""
     return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+
+
+def matmul_as_op(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x2 @ weight.T with the ops' roundings: the input and the output pass through bf16."""
+    return F.linear(x2.to(OP_DTYPE).to(weight.dtype), weight).to(OP_DTYPE).to(x2.dtype)
 
 
 class Int8Linear(nn.Module):
@@ -142,8 +147,7 @@ class Int8Linear(nn.Module):
         """What the op computes (bf16 input, bf16 scales, bf16 output), as one dense matmul in the
         activations' dtype: many rows at the speed of a float weight, for 1 byte a weight at rest."""
         dtype = compute_dtype(x2)
-        weight = self.q.to(dtype).mul_(self.op_scale.to(dtype)[:, None])
-        return F.linear(x2.to(OP_DTYPE).to(dtype), weight).to(OP_DTYPE).to(x2.dtype)
+        return matmul_as_op(x2, self.q.to(dtype).mul_(self.op_scale.to(dtype)[:, None]))
 
 
 class Int8Embedding(nn.Module):
