@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from engine.chunk_kv import ChunkSpec
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineStats, RequestOutput
@@ -87,6 +88,7 @@ class _Add:
     group: str | None
     weight: float
     deadline: float | None
+    chunks: ChunkSpec | None = None
 
 
 class AsyncEngine:
@@ -194,17 +196,20 @@ class AsyncEngine:
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                        salt: str = "", public_prefix_len: int = 0, pin: bool = False, *,
                        group: str | None = None, weight: float = 1.0,
-                       deadline: float | None = None) -> AsyncIterator[RequestOutput]:
+                       deadline: float | None = None,
+                       chunks: ChunkSpec | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs; leaving the iteration early aborts it and frees its blocks.
 
         `group`/`weight`: its fair share (default group: the salt). Past `deadline` (time.monotonic())
-        the last item has finish_reason "timeout". A failure of this request alone raises
+        the last item has finish_reason "timeout". `chunks`: the prompt's retrieved chunks and whether
+        their stored KV may be reused (engine/chunk_kv.py). A failure of this request alone raises
         RequestFailedError; an engine fault raises EngineDeadError."""
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")
         self._streams[request_id] = stream
-        self._send(_Add(request_id, prompt, params, salt, public_prefix_len, pin, group, weight, deadline))
+        self._send(_Add(request_id, prompt, params, salt, public_prefix_len, pin, group, weight, deadline,
+                        chunks))
         finished = False
         try:
             while not finished:
@@ -335,7 +340,7 @@ class AsyncEngine:
             with self.lock:
                 self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, cmd.salt,
                                         cmd.public_prefix_len, cmd.pin, group=cmd.group,
-                                        weight=cmd.weight, deadline=cmd.deadline)
+                                        weight=cmd.weight, deadline=cmd.deadline, chunks=cmd.chunks)
         except Exception as exc:
             self._deliver(cmd.request_id, exc)
 

@@ -23,6 +23,7 @@ import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from engine.chunk_kv import ChunkEntry
 from engine.sequence import Sequence
 
 
@@ -63,6 +64,10 @@ class BlockManager:
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
         self.num_evictions = 0  # cached blocks reused for other contents
+        self.chunks: dict[bytes, ChunkEntry] = {}  # stored chunk KV by chunk_name (chunk_kv.py)
+        self.chunk_of_block: dict[int, bytes] = {}  # block id -> the stored chunk it is part of
+        self.num_chunk_hit_tokens = 0  # prompt tokens served from stored chunks
+        self.num_chunk_recomputed_tokens = 0  # heads of reused chunks computed again
 
     # --- counts -------------------------------------------------------------------------------
     @property
@@ -106,6 +111,10 @@ class BlockManager:
     def num_unpinned_tokens(self) -> int:
         """Tokens the pool can hold outside pinned blocks."""
         return (self.num_blocks - len(self.pinned_ids)) * self.block_size
+
+    @property
+    def num_chunk_blocks(self) -> int:
+        return len(self.chunk_of_block)
 
     def num_unfilled_slots(self, seqs: list[Sequence]) -> int:
         """Token slots of seqs' blocks that hold no KV yet: allocated but unfilled. Between steps a
@@ -205,7 +214,7 @@ class BlockManager:
         """Name the blocks that the last step filled, so later requests can share them."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        num_full = min(seq.num_computed_tokens, seq.num_exact_tokens) // self.block_size
         self.compute_hashes(seq, num_full * self.block_size)
         for i in range(num_full):
             block = self.blocks[seq.block_table[i]]
@@ -244,6 +253,71 @@ class BlockManager:
         for block_id in reversed(seq.block_table):
             self._unref(block_id)
         seq.block_table.clear()
+
+    # --- chunk KV (chunk_kv.py) ---------------------------------------------------------------
+    @staticmethod
+    def chunk_name(salt: str, token_ids: list[int]) -> bytes:
+        return hash_block(b"chunk", tuple(token_ids), salt)
+
+    def lookup_chunk(self, salt: str, token_ids: list[int]) -> ChunkEntry | None:
+        """The stored chunk of exactly these tokens under this salt (its blocks still hold it)."""
+        entry = self.chunks.get(self.chunk_name(salt, token_ids))
+        bs = self.block_size
+        if entry is None or entry.num_tokens != len(token_ids) or any(
+                self.blocks[b].salt != salt
+                or self.blocks[b].token_ids != tuple(token_ids[i * bs:(i + 1) * bs])
+                for i, b in enumerate(entry.block_ids)):
+            return None  # not stored, or a collision of the name: never serve other tokens' KV
+        assert self._holds(entry)
+        return entry
+
+    def _holds(self, entry: ChunkEntry) -> bool:
+        """Whether every block of the entry still is the one named for it (eviction bumps generations)."""
+        pairs = zip(entry.block_ids, entry.generations, strict=True)
+        return all(self.blocks[b].generation == g for b, g in pairs)
+
+    def can_hold(self, entry: ChunkEntry) -> bool:
+        """Whether the entry's blocks can be held (its cached ones revived) within the available blocks."""
+        return sum(1 for b in entry.block_ids if self.blocks[b].ref_count == 0) <= self.num_available_blocks
+
+    def hold(self, block_ids: tuple[int, ...] | list[int]) -> None:
+        """One more reference on each block (a chunk held until its KV is moved)."""
+        for block_id in block_ids:
+            self._ref(block_id)
+
+    def release(self, block_ids: tuple[int, ...] | list[int]) -> None:
+        for block_id in block_ids:
+            self._unref(block_id)
+
+    def reserve_chunk_blocks(self, num_tokens: int, spare: int) -> list[int] | None:
+        """Unnamed blocks for a chunk about to be saved, if `spare` blocks stay available after."""
+        need = self.blocks_needed(num_tokens)
+        if need + spare > self.num_available_blocks:
+            return None
+        return [self._take_block() for _ in range(need)]
+
+    def name_chunk(self, salt: str, token_ids: list[int], block_ids: list[int], base_position: int) -> None:
+        """Name reserved blocks holding a chunk's KV (now written) and drop the reservation: they join
+        the cached LRU like prefix blocks. A chunk stored meanwhile by another sequence wins."""
+        name = self.chunk_name(salt, token_ids)
+        if self.lookup_chunk(salt, token_ids) is not None:
+            self.release(block_ids)
+            return
+        bs = self.block_size
+        for i, block_id in enumerate(block_ids):
+            block = self.blocks[block_id]
+            block.block_hash = self._chunk_block_name(name, i)
+            block.token_ids = tuple(token_ids[i * bs:(i + 1) * bs])
+            block.salt = salt
+            self.hash_to_block[block.block_hash] = block_id
+            self.chunk_of_block[block_id] = name
+        generations = tuple(self.blocks[b].generation for b in block_ids)
+        self.chunks[name] = ChunkEntry(tuple(block_ids), generations, base_position, len(token_ids))
+        self.release(block_ids)
+
+    @staticmethod
+    def _chunk_block_name(name: bytes, index: int) -> bytes:
+        return hash_block(name, (index,), "chunk-block")
 
     # --- operator actions ---------------------------------------------------------------------
     def flush(self, salt: str | None = None) -> int:
@@ -317,6 +391,9 @@ class BlockManager:
     def _forget(self, block: Block) -> None:
         if block.block_hash is not None and self.hash_to_block.get(block.block_hash) == block.block_id:
             del self.hash_to_block[block.block_hash]
+        name = self.chunk_of_block.pop(block.block_id, None)
+        if name is not None:  # one block of a chunk lost: the chunk is gone
+            self.chunks.pop(name, None)
         block.block_hash, block.token_ids, block.salt, block.parent_id = None, (), "", None
         block.generation += 1
 
@@ -331,6 +408,9 @@ class BlockManager:
         assert len(set(self.free_ids)) == len(self.free_ids)
         for h, b in self.hash_to_block.items():
             assert self.blocks[b].block_hash == h
+        for name, entry in self.chunks.items():
+            assert all(self.chunk_of_block.get(b) == name for b in entry.block_ids)
+            assert self._holds(entry)
 
     def check_sharing(self, seqs: list[Sequence]) -> None:
         """No physical block is held by two sequences unless both reached it through its name."""

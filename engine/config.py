@@ -51,6 +51,8 @@ class EngineConfig:
     quantization: str = "none"  # weights: none (float) | auto (what the checkpoint carries) | int8 | int4
     seed: int = 0
     num_threads: int | None = None  # torch intra-op threads on CPU; None = all cores
+    # kv_reuse="chunks" (chunk_kv.py): a reused chunk's first tokens computed again in their new context
+    chunk_recompute_tokens: int = 16
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -68,5 +70,7 @@ class EngineConfig:
             raise ValueError(f"kv_cache_dtype must be auto or int8, got {self.kv_cache_dtype!r}")
         if self.quantization not in ("auto", "none", "int8", "int4"):
             raise ValueError(f"quantization must be auto, none, int8 or int4, got {self.quantization!r}")
+        if self.chunk_recompute_tokens < 0:
+            raise ValueError("chunk_recompute_tokens must be >= 0")
         if not (self.kv_cache_gib > 0 and math.isfinite(self.kv_cache_gib)):
             raise ValueError("kv_cache_gib must be a positive number")

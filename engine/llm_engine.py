@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.block_manager import BlockManager
+from engine.chunk_kv import ChunkSpec
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.loader import load_checkpoint
@@ -64,17 +65,22 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     salt: str = "", public_prefix_len: int = 0, pin: bool = False, *,
                     group: str | None = None, weight: float = 1.0,
-                    deadline: float | None = None) -> Sequence:
+                    deadline: float | None = None, chunks: ChunkSpec | None = None) -> Sequence:
         """Queue a request. `salt` namespaces its prefix-cache blocks (the tenant); the first
         `public_prefix_len` tokens are shared across all salts instead (e.g. a common system prompt).
         `pin` keeps the prompt's full blocks cached until unpin_all (never evicted, never flushed).
         `group` and `weight` give its fair share (default group: the salt); past `deadline`
-        (time.monotonic()) it ends with finish_reason "timeout"."""
+        (time.monotonic()) it ends with finish_reason "timeout". `chunks` names the prompt's retrieved
+        chunks and whether their stored KV may be reused (chunk_kv.py)."""
         ids = self.tokenize(prompt)
         self.validate(request_id, ids, params, weight)
+        chunks = chunks or ChunkSpec()
+        chunks.check(len(ids), self.runner.can_reuse_chunks)
         seq = Sequence(request_id, ids, len(ids), params, salt=salt,
                        public_prefix_len=max(0, min(public_prefix_len, len(ids))),
-                       group=salt if group is None else group, weight=weight, deadline=deadline)
+                       group=salt if group is None else group, weight=weight, deadline=deadline,
+                       chunk_spans=list(chunks.spans), reuse_chunks=chunks.kv_reuse == "chunks",
+                       public_chunks=chunks.public)
         if not self.block_manager.can_ever_hold(seq, len(ids) + params.max_tokens):
             raise InvalidRequestError(
                 f"the request needs {len(ids) + params.max_tokens} tokens of KV cache but only "
@@ -159,10 +165,9 @@ class LLMEngine:
             if len(batch.seqs) == 1:
                 raise
         rows, sample_seqs, failed = [], [], []
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+        for i, seq in enumerate(batch.seqs):
             try:
-                logits, sampled = self.runner.execute(
-                    ScheduledBatch([seq], [n], int(i < batch.num_decodes)))
+                logits, sampled = self.runner.execute(batch.only(i))
             except Exception as exc:
                 failed.append((seq, exc))
                 continue
@@ -313,7 +318,8 @@ class LLMEngine:
             generation_tokens_total=self.num_generation_tokens,
             prefix_query_tokens=bm.num_query_tokens, prefix_hit_tokens=bm.num_hit_tokens,
             num_steps=self.num_steps, requests_finished=dict(self.finished_by_reason),
-            num_evictions=bm.num_evictions,
+            num_evictions=bm.num_evictions, chunk_hit_tokens=bm.num_chunk_hit_tokens,
+            chunk_recomputed_tokens=bm.num_chunk_recomputed_tokens, chunk_blocks=bm.num_chunk_blocks,
         )
 
     # --- offline use -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from itertools import chain
 import torch
 
 from engine.attention import AttentionMetadata, get_backend
+from engine.chunk_kv import apply_moves, apply_saves
 from engine.config import EngineConfig, ModelConfig
 from engine.cpu_linear import can_use_small_batch_linears, use_small_batch_linears
 from engine.loader import Checkpoint
@@ -169,15 +170,35 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
         """Run the step; returns logits [num_sampling_seqs, vocab] and those sequences, in order."""
         ids, positions, meta, sample_idx, sample_seqs = self.prepare(batch)
+        self._move_chunks(batch)
         if self.graphs is not None and self.graphs.can_run(
                 batch.num_decodes, len(batch.seqs), meta.decode_block_tables.shape[1]):
             hidden = self.graphs.run(ids, positions, meta)
         else:
             hidden = self.model(ids, positions, meta, self.kv_caches, self.backend)
+        self._save_chunks(batch)
         if not sample_seqs:
             return torch.empty(0), []
         logits = self.model.compute_logits(hidden[sample_idx])
         return logits, sample_seqs
+
+    @property
+    def can_reuse_chunks(self) -> bool:
+        """Stored chunk KV is re-rotated when moved: a float cache only (int8 keys would be requantized)."""
+        return not self.kv_int8
+
+    def _move_chunks(self, batch: ScheduledBatch) -> None:
+        for seq in batch.seqs:
+            ops = batch.chunk_ops.get(seq.request_id)
+            if ops is not None and ops.moves:
+                apply_moves(self.kv_caches, seq.block_table, ops.moves, self.block_size,
+                            self.model.rotary.inv_freq)
+
+    def _save_chunks(self, batch: ScheduledBatch) -> None:
+        for seq in batch.seqs:
+            ops = batch.chunk_ops.get(seq.request_id)
+            if ops is not None and ops.saves:
+                apply_saves(self.kv_caches, seq.block_table, ops.saves, self.block_size)
 
     def prepare(self, batch: ScheduledBatch):
         """Token ids, positions, metadata, the rows to sample and their sequences, for one step.
@@ -185,7 +206,7 @@ class ModelRunner:
         Positions and slots are computed with tensor ops over the whole step, not token by token.
         """
         seqs, counts = batch.seqs, batch.num_new_tokens
-        starts = [s.num_computed_tokens for s in seqs]
+        starts = [s.num_computed_tokens + batch.num_reused(s) for s in seqs]
         spans = list(zip(seqs, starts, counts, strict=True))
         ids = list(chain.from_iterable(s.token_ids[a:a + n] for s, a, n in spans))
         ends = torch.tensor(counts, dtype=torch.long).cumsum(0)
@@ -206,8 +227,8 @@ class ModelRunner:
                   slots: torch.Tensor) -> AttentionMetadata:
         nd = batch.num_decodes
         seqs, counts = batch.seqs, batch.num_new_tokens
-        lens = torch.tensor([s.num_computed_tokens + n for s, n in zip(seqs, counts, strict=True)],
-                            dtype=torch.int32)
+        lens = torch.tensor([s.num_computed_tokens + batch.num_reused(s) + n
+                             for s, n in zip(seqs, counts, strict=True)], dtype=torch.int32)
         starts = torch.zeros(len(seqs) - nd + 1, dtype=torch.int32)
         starts[1:] = torch.tensor(counts[nd:], dtype=torch.int32).cumsum(0)
         dev = self.device

@@ -56,6 +56,9 @@ class EngineStats:
     num_steps: int
     requests_finished: dict[str, int] = field(default_factory=dict)
     num_evictions: int = 0  # cached prefix blocks reclaimed for new contents
+    chunk_hit_tokens: int = 0  # prompt tokens whose KV came from stored chunks (kv_reuse "chunks")
+    chunk_recomputed_tokens: int = 0  # heads of reused chunks computed again in their new context
+    chunk_blocks: int = 0  # blocks of the pool holding stored chunks
 
     @property
     def usage_perc(self) -> float:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
+from engine.chunk_kv import ChunkOps, KVMove, KVSave, ReuseRegion
 from engine.config import EngineConfig
 from engine.fairness import FairShare
 from engine.sequence import Sequence, SequenceStatus
@@ -37,6 +38,7 @@ class ScheduledBatch:
     num_decodes: int = 0  # the first num_decodes entries schedule exactly one token
     preempted: list[Sequence] = field(default_factory=list)
     unschedulable: list[Sequence] = field(default_factory=list)  # can never fit: the engine fails them
+    chunk_ops: dict[str, ChunkOps] = field(default_factory=dict)  # by request id (chunk_kv.py)
 
     @property
     def num_tokens(self) -> int:
@@ -46,12 +48,26 @@ class ScheduledBatch:
     def is_empty(self) -> bool:
         return not self.seqs
 
+    def num_reused(self, seq: Sequence) -> int:
+        """Tokens at seq's frontier whose KV this step moves in from stored chunks (not computed)."""
+        ops = self.chunk_ops.get(seq.request_id)
+        return ops.num_reused if ops else 0
+
+    def only(self, index: int) -> ScheduledBatch:
+        """The batch of one of its sequences alone (with its chunk work)."""
+        seq = self.seqs[index]
+        ops = {seq.request_id: self.chunk_ops[seq.request_id]} if seq.request_id in self.chunk_ops else {}
+        return ScheduledBatch([seq], [self.num_new_tokens[index]], int(index < self.num_decodes),
+                              chunk_ops=ops)
+
     def without(self, dropped: list[Sequence]) -> ScheduledBatch:
         """The same batch less some sequences (their entries removed, decodes still first)."""
         pairs = enumerate(zip(self.seqs, self.num_new_tokens, strict=True))
         keep = [(s, n, i < self.num_decodes) for i, (s, n) in pairs if s not in dropped]
+        ops = {s.request_id: self.chunk_ops[s.request_id]
+               for s, _, _ in keep if s.request_id in self.chunk_ops}
         return ScheduledBatch([s for s, _, _ in keep], [n for _, n, _ in keep], sum(d for *_, d in keep),
-                              self.preempted, self.unschedulable)
+                              self.preempted, self.unschedulable, ops)
 
 
 @dataclass(slots=True)
@@ -77,6 +93,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.fair = FairShare(arrival_lead=config.max_num_batched_tokens)
         self.num_preemptions = 0
+        self.chunk_recompute_tokens = config.chunk_recompute_tokens
 
     @property
     def num_running(self) -> int:
@@ -107,6 +124,12 @@ class Scheduler:
         self.fair.deactivate(seq.group)
 
     def _release(self, seq: Sequence) -> None:
+        for region in seq.reuse_regions:
+            if region.start >= seq.num_computed_tokens:  # held, not moved in yet
+                self.bm.release(region.entry.block_ids)
+        for _, blocks in seq.saving:
+            self.bm.release(blocks)
+        seq.reuse_regions, seq.unsaved_spans, seq.saving = [], [], []
         self.bm.free(seq)
         seq.num_computed_tokens = 0
 
@@ -157,10 +180,29 @@ class Scheduler:
         """After the model ran: advance progress, name the blocks filled; returns prompt tokens computed."""
         num_prompt_tokens = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
-            seq.num_computed_tokens += n
+            r = batch.num_reused(seq)
+            if r:
+                self._moved(seq, seq.num_computed_tokens, seq.num_computed_tokens + r)
+            num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens - r))
+            seq.num_computed_tokens += r + n
             self.bm.commit_full_blocks(seq)
+            self._saved(seq)
         return num_prompt_tokens
+
+    def _moved(self, seq: Sequence, start: int, end: int) -> None:
+        """Regions in [start, end) were moved in: drop their hold, count them."""
+        for region in seq.reuse_regions:
+            if start <= region.start < end:
+                self.bm.release(region.entry.block_ids)
+                self.bm.num_chunk_hit_tokens += region.end - region.start
+                self.bm.num_chunk_recomputed_tokens += region.offset
+
+    def _saved(self, seq: Sequence) -> None:
+        """Chunks saved this step are named: later requests can reuse them."""
+        salt = seq.chunk_salt
+        for (start, end), blocks in seq.saving:
+            self.bm.name_chunk(salt, seq.token_ids[start:end], blocks, start)
+        seq.saving = []
 
     def _schedule_running(self, batch: ScheduledBatch, seqs: list[Sequence], budget: int) -> int:
         for seq in seqs:
@@ -168,20 +210,37 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            n = self._fit(seq, min(seq.num_uncomputed_tokens, budget), batch)
+            r = self._reused_at(seq, seq.num_computed_tokens)
+            n = self._fit(seq, self._chunk_len(seq, r, budget), batch, r)
             if n == 0:
                 continue
-            self.bm.allocate_slots(seq, n)
-            self._add_to_batch(batch, seq, n)
+            self.bm.allocate_slots(seq, r + n)
+            self._add_to_batch(batch, seq, n, r)
             budget -= n
         return budget
 
-    def _fit(self, seq: Sequence, n: int, batch: ScheduledBatch) -> int:
-        """Shrink a prefill chunk to the free blocks, or preempt the newest until seq fits."""
-        while not self.bm.can_append(seq, n):
+    def _reused_at(self, seq: Sequence, frontier: int) -> int:
+        """Tokens from `frontier` on that planned reuse regions cover (back to back)."""
+        end = frontier
+        for region in seq.reuse_regions:
+            if region.start == end:
+                end = region.end
+        return end - frontier
+
+    def _chunk_len(self, seq: Sequence, num_reused: int, budget: int) -> int:
+        """Tokens to compute after the reused ones: up to the budget and the next reuse region."""
+        start = seq.num_computed_tokens + num_reused
+        n = min(seq.num_tokens - start, budget)
+        nxt = next((r.start for r in seq.reuse_regions if r.start > start), None)
+        return n if nxt is None else min(n, nxt - start)
+
+    def _fit(self, seq: Sequence, n: int, batch: ScheduledBatch, num_reused: int = 0) -> int:
+        """Shrink a prefill chunk to the free blocks, or preempt the newest until seq fits (with
+        room for the `num_reused` tokens moved in before it)."""
+        while not self.bm.can_append(seq, num_reused + n):
             room = (len(seq.block_table) + self.bm.num_available_blocks) * self.bm.block_size
-            if room - seq.num_computed_tokens >= 1 and n > 1:
-                return room - seq.num_computed_tokens
+            if room - seq.num_computed_tokens - num_reused >= 1 and n > 1:
+                return room - seq.num_computed_tokens - num_reused
             if self.running == [seq]:  # alone and still no room: it can never fit
                 self._give_up(seq, batch)
                 return 0
@@ -229,21 +288,44 @@ class Scheduler:
                 batch.unschedulable.append(seq)
                 return budget, True
             return budget, False  # head-of-line: do not let smaller requests starve a large one
-        self._admit(seq, hits, n, batch)
+        n = self._admit(seq, hits, n, batch)
         inflight.update(seq.block_hashes[len(hits):])
         return budget - n, True
 
-    def _admit(self, seq: Sequence, hits: list[int], n: int, batch: ScheduledBatch) -> None:
+    def _admit(self, seq: Sequence, hits: list[int], n: int, batch: ScheduledBatch) -> int:
+        """Make seq running with its prefix hits and up to n tokens to compute; returns those tokens."""
         self.waiting.remove(seq)
         seq.num_computed_tokens = self.bm.allocate_prefix(seq, hits)
         if seq.num_preemptions == 0:
             seq.num_cached_tokens = seq.num_computed_tokens
-        self.bm.allocate_slots(seq, n)
+        r = self._plan_chunks(seq, n)
+        n = self._chunk_len(seq, r, n)
+        self.bm.allocate_slots(seq, r + n)
         seq.status = SequenceStatus.RUNNING
         if seq.first_scheduled_time is None:
             seq.first_scheduled_time = time.monotonic()
         self.running.append(seq)
-        self._add_to_batch(batch, seq, n)
+        self._add_to_batch(batch, seq, n, r)
+        return n
+
+    def _plan_chunks(self, seq: Sequence, n: int) -> int:
+        """Hold the stored chunks seq's prompt can reuse and list the ones it will save; returns the
+        tokens reused at its frontier now. A chunk is reused only while the blocks this step needs
+        (n computed, plus what is reused at once) stay available."""
+        if not seq.reuse_chunks:
+            return 0
+        k, salt, frontier = self.chunk_recompute_tokens, seq.chunk_salt, seq.num_computed_tokens
+        for start, end in seq.chunk_spans:
+            entry = self.bm.lookup_chunk(salt, seq.token_ids[start:end]) if start >= frontier else None
+            if entry is not None and end - start > k and self.bm.can_hold(entry):
+                self.bm.hold(entry.block_ids)
+                seq.reuse_regions.append(ReuseRegion(start + k, end, entry, k))
+                if not self.bm.can_append(seq, self._reused_at(seq, frontier) + n):
+                    self.bm.release(seq.reuse_regions.pop().entry.block_ids)
+            elif entry is None and not seq.reuse_regions and self.bm.lookup_chunk(
+                    salt, seq.token_ids[start:end]) is None:
+                seq.unsaved_spans.append((start, end))
+        return self._reused_at(seq, frontier)
 
     def _candidates(self) -> list[_Candidate]:
         """Per group, its first waiting requests with their cache hits, in the group's order."""
@@ -281,8 +363,11 @@ class Scheduler:
             return False
         return seq.block_hashes[nxt] in inflight
 
-    def _add_to_batch(self, batch: ScheduledBatch, seq: Sequence, n: int) -> None:
+    def _add_to_batch(self, batch: ScheduledBatch, seq: Sequence, n: int, num_reused: int = 0) -> None:
         self.fair.charge(seq.group, n, seq.weight)
+        ops = self._chunk_ops(seq, num_reused, n)
+        if ops is not None:
+            batch.chunk_ops[seq.request_id] = ops
         if n == 1:  # keep decodes at the head of the flattened batch
             batch.seqs.insert(batch.num_decodes, seq)
             batch.num_new_tokens.insert(batch.num_decodes, 1)
@@ -291,9 +376,30 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
 
+    def _chunk_ops(self, seq: Sequence, num_reused: int, n: int) -> ChunkOps | None:
+        """The moves of the regions at seq's frontier, and the saves of chunks this step completes."""
+        start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_reused + n
+        moves = [KVMove(r.entry.block_ids, r.offset, r.start, r.end - r.start,
+                        r.start - r.offset - r.entry.base_position)
+                 for r in seq.reuse_regions if start <= r.start < start + num_reused]
+        saves = []
+        for span in [s for s in seq.unsaved_spans if s[1] <= end]:
+            seq.unsaved_spans.remove(span)
+            blocks = self.bm.reserve_chunk_blocks(span[1] - span[0], spare=0)
+            if blocks is not None:  # no room: the chunk is simply not stored
+                seq.saving.append((span, blocks))
+                saves.append(KVSave(tuple(blocks), span[0], span[1] - span[0]))
+        return ChunkOps(num_reused, moves, saves) if moves or saves else None
+
     def check_invariants(self) -> None:
         """Block accounting holds and no block is shared except by name (tests call it every step)."""
         self.bm.check_invariants()
         self.bm.check_sharing(self.running)
+        for seq in self.running:  # a chunk not moved in yet is held: never evicted under it
+            for region in seq.reuse_regions:
+                if region.start >= seq.num_computed_tokens:
+                    assert all(self.bm.blocks[b].ref_count > 0 for b in region.entry.block_ids)
+                    assert self.bm.chunks.get(self.bm.chunk_of_block.get(region.entry.block_ids[0], b"")) \
+                        is region.entry
         assert all(s.status is SequenceStatus.WAITING and not s.block_table for s in self.waiting)
         assert sum(self.fair.num_live.values()) == len(self.waiting) + len(self.running)

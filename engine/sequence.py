@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from engine.chunk_kv import ReuseRegion
 
 
 class SequenceStatus(enum.Enum):
@@ -35,6 +39,14 @@ class Sequence:
     num_preemptions: int = 0
     first_scheduled_time: float | None = None
     finish_reason: str | None = None
+    # Chunk KV reuse (chunk_kv.py): prompt spans [start, end) that are retrieved chunks, whether to
+    # reuse their stored KV, and whether they are shared across salts (a public collection).
+    chunk_spans: list[tuple[int, int]] = field(default_factory=list)
+    reuse_chunks: bool = False
+    public_chunks: bool = False
+    reuse_regions: list[ReuseRegion] = field(default_factory=list)  # planned at admission, held
+    unsaved_spans: list[tuple[int, int]] = field(default_factory=list)  # to save once computed exactly
+    saving: list[tuple[tuple[int, int], list[int]]] = field(default_factory=list)  # span, blocks: this step
 
     @property
     def num_tokens(self) -> int:
@@ -55,6 +67,16 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def chunk_salt(self) -> str:
+        return "" if self.public_chunks else self.salt
+
+    @property
+    def num_exact_tokens(self) -> int:
+        """Leading positions whose KV is exactly what computing the prompt gives: up to the first
+        reused region (only those blocks may be named for the prefix cache)."""
+        return self.reuse_regions[0].start if self.reuse_regions else len(self.token_ids)
 
     def salt_for_block(self, block_index: int, block_size: int) -> str:
         """Blocks wholly inside the public prefix use the shared namespace."""

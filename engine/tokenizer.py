@@ -56,6 +56,31 @@ class Tokenizer:
         text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.hf.encode(text, add_special_tokens=False))
 
+    def apply_chat_template_with_spans(self, messages: list[dict], pieces: list[str]
+                                       ) -> tuple[list[int], list[tuple[int, int]]]:
+        """`apply_chat_template`'s ids, plus for each piece of text (in the order they appear in the
+        rendered prompt) the span of tokens lying wholly inside it; pieces not found, or too short
+        to hold a whole token, get no span. Used to name a RAG prompt's retrieved chunks."""
+        if not self.has_chat_template:
+            raise ValueError("this model has no chat template; use a plain completion prompt")
+        text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        spans, cursor, token = [], 0, 0
+        for piece in pieces:
+            begin = text.find(piece, cursor)
+            if begin < 0 or not piece:
+                continue
+            end = cursor = begin + len(piece)
+            while token < len(offsets) and offsets[token][0] < begin:
+                token += 1
+            first = token
+            while token < len(offsets) and offsets[token][1] <= end:
+                token += 1
+            if token > first:
+                spans.append((first, token))
+        return ids, spans
+
     def encode_chat_prefix(self, messages: list[dict]) -> list[int]:
         """Token ids of messages rendered as the start of a chat (no assistant turn opened)."""
         text = self.hf.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
