@@ -28,6 +28,7 @@ class RagPrompt:
     context: str
     question: str
     sources: list[dict]
+    chunk_texts: tuple[str, ...] = ()  # each chunk's text as it appears in the context, in order
 
     def user_content(self) -> str:
         if not self.context:
@@ -65,6 +66,8 @@ def order_hits(hits: list[Hit], order: str = "canonical") -> list[Hit]:
 
 
 def render_chunk(label: int, hit: Hit) -> str:
+    """A label line, then the chunk's text (the part that is the same wherever the chunk goes, which
+    chunk-level KV reuse keys on)."""
     name = PurePosixPath(hit.source.replace("\\", "/")).name or hit.source
     return f"[{label}] {name}\n{hit.text.strip()}"
 
@@ -85,4 +88,5 @@ def build_rag_prompt(
         }
         for label, hit in enumerate(ordered, start=1)
     ]
-    return RagPrompt(system=system_prompt, context=context, question=question.strip(), sources=sources)
+    return RagPrompt(system=system_prompt, context=context, question=question.strip(), sources=sources,
+                     chunk_texts=tuple(hit.text.strip() for hit in ordered))

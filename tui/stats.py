@@ -29,6 +29,9 @@ class PrefixStats:
     query_tokens: int
     hit_tokens: int
     hit_rate: float
+    chunk_hit_tokens: int = 0  # kv_reuse "chunks": prompt tokens moved in from stored chunks
+    chunk_recomputed_tokens: int = 0
+    chunk_blocks: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -143,7 +146,7 @@ def parse_stats(doc: object) -> StatsSnapshot:
 
 
 def _parse_stats(doc: dict) -> StatsSnapshot:
-    kv, prefix = _section(doc, "kv"), _section(doc, "prefix_cache")
+    kv, prefix, chunks = _section(doc, "kv"), _section(doc, "prefix_cache"), doc.get("chunk_cache") or {}
     req, rates, adm = _section(doc, "requests"), _section(doc, "throughput"), _section(doc, "admission")
     finished = req.get("finished") or {}
     return StatsSnapshot(
@@ -154,7 +157,8 @@ def _parse_stats(doc: dict) -> StatsSnapshot:
                    int(kv.get("shared_blocks", 0)), int(kv.get("pinned_blocks", 0)),
                    _optional_float(kv, "waste_perc"), _optional_float(kv, "memory_share")),
         prefix=PrefixStats(_int(prefix, "query_tokens"), _int(prefix, "hit_tokens"),
-                           _float(prefix, "hit_rate")),
+                           _float(prefix, "hit_rate"), int(chunks.get("hit_tokens", 0)),
+                           int(chunks.get("recomputed_tokens", 0)), int(chunks.get("blocks", 0))),
         requests=RequestStats(_int(req, "running"), _int(req, "waiting"), _int(req, "preemptions_total"),
                               sum(int(n) for n in finished.values())),
         throughput=Throughput(_float(rates, "prompt_tokens_per_s"), _float(rates, "generation_tokens_per_s")),

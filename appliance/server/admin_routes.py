@@ -41,6 +41,8 @@ def build_stats(state: AppState, s, usage: dict, fp) -> dict:
                "memory_share": fp.memory_share},
         "prefix_cache": {"query_tokens": s.prefix_query_tokens, "hit_tokens": s.prefix_hit_tokens,
                          "hit_rate": s.hit_rate},
+        "chunk_cache": {"hit_tokens": s.chunk_hit_tokens, "recomputed_tokens": s.chunk_recomputed_tokens,
+                        "blocks": s.chunk_blocks},
         "requests": {"running": s.num_running, "waiting": s.num_waiting,
                      "preemptions_total": s.num_preemptions, "finished": s.requests_finished},
         "throughput": state.metrics.rates.rates(),

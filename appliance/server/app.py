@@ -120,7 +120,8 @@ async def load_components(state: AppState) -> None:
     engine_config = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
                                  quantization=cfg.quantization,
                                  kv_cache_gib=cfg.kv_cache_gib, max_num_seqs=cfg.max_num_seqs,
-                                 max_num_batched_tokens=cfg.max_num_batched_tokens)
+                                 max_num_batched_tokens=cfg.max_num_batched_tokens,
+                                 chunk_recompute_tokens=cfg.chunk_recompute_tokens)
     rag_task = asyncio.create_task(asyncio.to_thread(RagService, cfg.data_path, cfg.qdrant_url))
     try:
         engine = await asyncio.to_thread(AsyncEngine.from_config, engine_config)

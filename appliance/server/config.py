@@ -50,6 +50,10 @@ class ServerConfig:
     tls_cert: str | None = None       # PEM certificate (chain): serve HTTPS; needs tls_key too
     tls_key: str | None = None        # PEM private key of tls_cert
     rag_top_k: int = 3  # chunks in a RAG prompt; 3 gave the bundled 135M model its best answers
+    # RAG answers' KV reuse (a request's `kv_reuse` overrides): "prefix" (exact prefixes only) or
+    # "chunks" (stored chunk KV moved to any position; approximate, see engine/chunk_kv.py).
+    rag_kv_reuse: str = "prefix"
+    chunk_recompute_tokens: int = 16  # "chunks": a reused chunk's first tokens computed again
     rag_system_prompt: str = (
         "You are a helpful assistant. Answer the question using only the numbered context passages. "
         "Cite the passages you use with their labels, like [1]. If the context does not contain the "
@@ -97,6 +101,10 @@ class ServerConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.quantization not in ("auto", "none", "int8", "int4"):
             raise ConfigError(f"quantization must be auto, none, int8 or int4, got {self.quantization!r}")
+        if self.rag_kv_reuse not in ("prefix", "chunks"):
+            raise ConfigError(f"rag_kv_reuse must be prefix or chunks, got {self.rag_kv_reuse!r}")
+        if self.chunk_recompute_tokens < 0:
+            raise ConfigError("chunk_recompute_tokens must be >= 0")
         positive = ("kv_cache_gib", "max_num_seqs", "max_num_batched_tokens", "max_queued_requests",
                     "max_queued_tokens", "default_max_tokens", "max_body_bytes", "max_upload_bytes",
                     "rag_top_k", "max_upload_inflight_bytes", "ingest_timeout_s", "request_timeout_s",

@@ -23,7 +23,14 @@ from appliance.server.errors import ApiError, bad_request, timed_out
 from appliance.server.limits import caps_for, quota_error
 from appliance.server.state import AppState, RequestContext
 from appliance.server.tracing import EngineTimes
-from engine import EngineDeadError, InvalidRequestError, RequestFailedError, RequestOutput, SamplingParams
+from engine import (
+    ChunkSpec,
+    EngineDeadError,
+    InvalidRequestError,
+    RequestFailedError,
+    RequestOutput,
+    SamplingParams,
+)
 
 
 @dataclass(slots=True)
@@ -34,6 +41,7 @@ class Job:
     salt: str
     prompt_param: str = "messages"  # the field named in context-length errors
     public_prefix_len: int = 0  # leading tokens shared across tenants in the prefix cache
+    chunks: ChunkSpec | None = None  # retrieved chunks in the prompt, and whether to reuse their KV
 
 
 def validate_job(state: AppState, job: Job) -> None:
@@ -73,7 +81,8 @@ async def run_job(state: AppState, ctx: RequestContext, job: Job, ticket: Ticket
     try:
         stream = engine.generate(job.request_id, job.prompt_ids, job.params, salt=job.salt,
                                  public_prefix_len=job.public_prefix_len, group=ticket.tenant,
-                                 weight=weight, deadline=ctx.started + state.config.request_timeout_s)
+                                 weight=weight, deadline=ctx.started + state.config.request_timeout_s,
+                                 chunks=job.chunks)
         async with aclosing(stream) as outputs:
             async for out in outputs:
                 tracker.update(state, ctx, ticket, out)

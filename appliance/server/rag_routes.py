@@ -30,6 +30,7 @@ from appliance.server.quality_stats import note_answer, note_retrieval
 from appliance.server.sse import SseWriter
 from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
 from appliance.server.store import valid_name
+from engine import KV_REUSE_MODES, ChunkSpec
 from rag import build_rag_prompt
 from rag.settings import SEARCH_MODES
 
@@ -92,13 +93,19 @@ async def query(request: web.Request) -> web.StreamResponse:
     if not body.has("temperature"):
         body.data["temperature"] = 0.0  # grounded answers: greedy unless asked otherwise
     tenant = principal_of(request).tenant
+    kv_reuse = body.string("kv_reuse", state.config.rag_kv_reuse, max_len=16)
+    if kv_reuse not in KV_REUSE_MODES:
+        raise bad_request(f"'kv_reuse' must be one of {', '.join(KV_REUSE_MODES)}", "kv_reuse",
+                          "invalid_value")
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
     collection = body.string("collection")  # checked by _retrieve
     with ctx.trace.stage("prompt"):
         prompt = build_rag_prompt(system, hits, question)
-        prompt_ids = await asyncio.to_thread(engine.tokenizer.apply_chat_template, prompt.messages())
+        prompt_ids, spans = await asyncio.to_thread(engine.tokenizer.apply_chat_template_with_spans,
+                                                    prompt.messages(), list(prompt.chunk_texts))
         params = parse_sampling(body, state, len(prompt_ids), read_top_k=False)  # top_k: chunks, not tokens
-        job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query")
+        job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query",
+                  chunks=ChunkSpec(tuple(spans), kv_reuse))
         if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
             job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
                                                             prompt.messages(), prompt_ids)

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from tests.server.conftest import make_tenant
-from tests.server.helpers import assert_openai_error, auth, post_json, sse_events
+from tests.server.helpers import ADMIN_KEY, assert_openai_error, auth, post_json, sse_events
 
 LIGHTHOUSE = (
     "Varnholm Lighthouse\n\n"
@@ -168,3 +168,33 @@ def test_delete_document(server, run, alice):
     assert_openai_error(status, payload, 404)
     status, listing = run(_call("GET", url, alice["key"]))
     assert [d["doc_id"] for d in listing["documents"]] == [alice["docs"]["notes/lighthouse.txt"]]
+
+
+HARBOUR = (
+    "Varnholm Harbour\n\n"
+    "The harbour of Varnholm was dug in 1902. Fishing boats land herring there from May to September, "
+    "and a ferry leaves for the mainland twice a day."
+)
+
+
+def test_chunk_kv_reuse_over_http(server, run):
+    """Two questions whose retrievals share chunks at different prompt positions: with kv_reuse
+    "chunks" the second takes their stored KV (the chunk cache counts it); a bad mode is a 400."""
+    key = make_tenant(server, "carol")
+    status, body = run(_upload(server.url, key, "kb", {"m/lighthouse.txt": LIGHTHOUSE,
+                                                       "m/bakery.md": BAKERY}))
+    assert status == 200, body
+    query = {"query": QUESTION, "collection": "kb", "max_tokens": 8, "kv_reuse": "chunks"}
+    status, first = run(_call("POST", f"{server.url}/v1/rag/query", key, {**query, "top_k": 2}))
+    assert status == 200, first
+    before = run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]
+    status, body = run(_upload(server.url, key, "kb", {"a/harbour.txt": HARBOUR}))  # sorts first
+    assert status == 200, body
+    status, second = run(_call("POST", f"{server.url}/v1/rag/query", key, {**query, "top_k": 3}))
+    assert status == 200, second
+    assert second["sources"][0]["source"] == "a/harbour.txt"  # the others moved down
+    after = run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]
+    assert after["hit_tokens"] > before["hit_tokens"] and after["blocks"] > 0
+    assert second["answer"]
+    status, err = run(_call("POST", f"{server.url}/v1/rag/query", key, {**query, "kv_reuse": "all"}))
+    assert assert_openai_error(status, err, 400)["param"] == "kv_reuse"

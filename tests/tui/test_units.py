@@ -158,3 +158,15 @@ def test_formats():
     assert fmt.seconds(0.0451) == "45 ms" and fmt.seconds(2.5) == "2.50 s" and fmt.seconds(None) == fmt.DASH
     assert fmt.duration(59) == "59s" and fmt.duration(3725) == "1h02m" and fmt.duration(90_000) == "1d01h"
     assert fmt.percent(0.1234) == "12.3%" and fmt.percent(None) == fmt.DASH
+
+
+def test_kv_panel_shows_chunk_hits_only_where_chunk_reuse_runs():
+    from tui.widgets.kv_panel import hits_text
+
+    doc = stats_doc(0)
+    plain = parse_stats(doc).prefix
+    assert "chunk" not in hits_text(plain).plain
+    doc["chunk_cache"] = {"hit_tokens": 8120, "recomputed_tokens": 960, "blocks": 96}
+    chunks = parse_stats(doc).prefix
+    assert (chunks.chunk_hit_tokens, chunks.chunk_recomputed_tokens, chunks.chunk_blocks) == (8120, 960, 96)
+    assert "chunk hits" in hits_text(chunks).plain and "96 blocks" in hits_text(chunks).plain

@@ -76,6 +76,11 @@ def hits_text(prefix: PrefixStats) -> Text:
     text = Text("prefix hits ", end="")
     text.append(fmt.percent(prefix.hit_rate), Style(bold=True))
     text.append(f"  {fmt.count(prefix.hit_tokens)}/{fmt.count(prefix.query_tokens)} tok")
+    if prefix.chunk_hit_tokens or prefix.chunk_blocks:  # only where chunk KV reuse is in use
+        text.append("\nchunk hits ")
+        text.append(fmt.count(prefix.chunk_hit_tokens), Style(bold=True))
+        text.append(f" tok  {fmt.count(prefix.chunk_recomputed_tokens)} recomputed  "
+                    f"{fmt.count(prefix.chunk_blocks)} blocks")
     return text
 
 
