@@ -60,3 +60,18 @@ def test_a_server_that_exits_while_loading_is_reported_with_the_end_of_its_log(r
             run(server.wait_ready(timeout_s=60))
     finally:
         server.close()
+
+
+def test_recurring_chunk_queries_favour_popular_paragraphs():
+    from collections import Counter
+
+    from appliance.bench.serve import SQUAD, recurring_chunk_bodies
+
+    if not (SQUAD / "questions.jsonl").is_file():
+        pytest.skip("needs ../shared/data/squad-rag")
+    bodies = recurring_chunk_bodies("kb", 400, 8, seed=3)
+    assert bodies == recurring_chunk_bodies("kb", 400, 8, seed=3)  # seeded
+    assert all(3 <= b["top_k"] <= 5 and b["collection"] == "kb" and b["max_tokens"] == 8 for b in bodies)
+    counts = Counter(b["query"] for b in bodies)
+    # Zipf by paragraph: some questions repeat, and the draw is far from uniform over ~1,300 questions
+    assert counts.most_common(1)[0][1] >= 5 and len(counts) < 300
