@@ -250,6 +250,11 @@ class AsyncEngine:
             return KvFootprint(bm.num_live_blocks * bm.block_size, unfilled,
                                sum(t.nbytes for t in tensors), sum(t.nbytes for t in weights))
 
+    def has_chunk(self, salt: str, token_ids: list[int]) -> bool:
+        """Whether a chunk of these tokens is stored under `salt` (kv_reuse "chunks")."""
+        with self.lock:
+            return self.engine.block_manager.lookup_chunk(salt, token_ids) is not None
+
     def flush_prefix_cache(self, salt: str | None = None) -> int:
         """Drop unreferenced cached KV (only `salt`'s when given); blocks the caller's thread."""
         with self.lock:

@@ -41,6 +41,8 @@ class ChunkSpec:
     spans: tuple[tuple[int, int], ...] = ()
     kv_reuse: str = "prefix"
     public: bool = False
+    namespace: str | None = None  # the chunks' salt when not the request's (a precompute runs its
+    # prompts under a salt of their own, so their prefix blocks can be dropped while the chunks stay)
 
     def check(self, num_prompt_tokens: int, can_reuse: bool) -> None:
         """Raise InvalidRequestError unless the spans are ordered, disjoint, and leave the prompt's

@@ -80,7 +80,7 @@ class LLMEngine:
                        public_prefix_len=max(0, min(public_prefix_len, len(ids))),
                        group=salt if group is None else group, weight=weight, deadline=deadline,
                        chunk_spans=list(chunks.spans), reuse_chunks=chunks.kv_reuse == "chunks",
-                       public_chunks=chunks.public)
+                       public_chunks=chunks.public, chunk_namespace=chunks.namespace)
         if not self.block_manager.can_ever_hold(seq, len(ids) + params.max_tokens):
             raise InvalidRequestError(
                 f"the request needs {len(ids) + params.max_tokens} tokens of KV cache but only "

@@ -44,6 +44,7 @@ class Sequence:
     chunk_spans: list[tuple[int, int]] = field(default_factory=list)
     reuse_chunks: bool = False
     public_chunks: bool = False
+    chunk_namespace: str | None = None  # the chunks' salt when not `salt` (ChunkSpec.namespace)
     reuse_regions: list[ReuseRegion] = field(default_factory=list)  # planned at admission, held
     unsaved_spans: list[tuple[int, int]] = field(default_factory=list)  # to save once computed exactly
     saving: list[tuple[tuple[int, int], list[int]]] = field(default_factory=list)  # span, blocks: this step
@@ -70,7 +71,9 @@ class Sequence:
 
     @property
     def chunk_salt(self) -> str:
-        return "" if self.public_chunks else self.salt
+        if self.public_chunks:
+            return ""
+        return self.salt if self.chunk_namespace is None else self.chunk_namespace
 
     @property
     def num_exact_tokens(self) -> int:

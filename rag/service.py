@@ -25,7 +25,7 @@ from rag.retrieval import Retriever
 from rag.scope_locks import ScopeLocks
 from rag.settings import RagSettings
 from rag.sparse import Bm25Encoder
-from rag.store.base import VectorStore
+from rag.store.base import VectorStore, hit_from_payload
 from rag.types import CollectionInfo, DocInfo, DocResult, Hit, IngestSummary, Scope
 
 
@@ -117,6 +117,12 @@ class RagService:
         self, tenant: str, collection: str, queries: list[str], top_k: int = 5, mode: str | None = None
     ) -> list[list[Hit]]:
         return self._retriever.retrieve_many(Scope(tenant, collection), queries, top_k, mode)
+
+    def chunks(self, tenant: str, collection: str) -> list[Hit]:
+        """Every stored chunk of the collection as a Hit (score 0), by source and position."""
+        records = self.store.records(Scope(tenant, collection))
+        hits = [hit_from_payload(point_id, 0.0, payload) for point_id, payload in records.items()]
+        return sorted(hits, key=lambda h: (h.source, h.doc_id, h.chunk_index))
 
     def list_documents(self, tenant: str, collection: str) -> list[DocInfo]:
         return self._catalog.documents(Scope(tenant, collection))

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rag workload: comma-separated kv_reuse modes measured one after the other "
                         "(prefix,chunks); questions then come Zipf-popular by gold paragraph, 3-5 "
                         "chunks each, so chunks recur in changing combinations")
+    p.add_argument("--precompute", action="store_true",
+                   help="with --kv-reuse: before the chunks mode's warm-up, store every chunk of the "
+                        "collection (POST /admin/chunks/precompute; needs an admin key)")
 
 
 @dataclass(slots=True)
@@ -458,6 +461,10 @@ async def _bench_kv_reuse(args: argparse.Namespace, url: str, key: str) -> int:
     rows = []
     for mode in modes:
         await flush_cache(url, key)
+        if mode == "chunks" and args.precompute:
+            done = await admin_post(url, key, "/admin/chunks/precompute", {"collection": args.collection})
+            print(f"precomputed {done['chunks']} chunks ({done['computed_tokens']} tokens) in "
+                  f"{done['seconds']:.1f} s; {done['resident_chunks']} resident", flush=True)
         await run_load(url, key, Workload("rag", "/v1/rag/query", [{**b, "kv_reuse": mode} for b in warm]),
                        args.concurrency, None, args.seed)
         before = await admin_stats(url, key)
@@ -478,6 +485,16 @@ async def _bench_kv_reuse(args: argparse.Namespace, url: str, key: str) -> int:
               f"{modes[1]} than with {modes[0]}")
     _write_json(rows, args)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
+
+
+async def admin_post(url: str, key: str, path: str, body: dict) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        status, answer = await _api(session, "POST", url + path, json=body)
+    if status != 200:
+        raise RuntimeError(f"{path} answered HTTP {status}: {answer}")
+    return answer
 
 
 async def admin_stats(url: str, key: str) -> dict:

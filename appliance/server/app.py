@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from appliance.server import admin_routes, openai_routes, rag_routes, trace_routes
+from appliance.server import admin_routes, chunk_routes, openai_routes, rag_routes, trace_routes
 from appliance.server.admin_routes import server_status
 from appliance.server.alert_routes import alerting, list_alerts
 from appliance.server.config import ServerConfig
@@ -89,6 +89,7 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/cache/flush", admin_routes.flush_cache)
     r.add_post("/admin/cache/pin", admin_routes.pin_prefix)
     r.add_post("/admin/cache/unpin", admin_routes.unpin_all)
+    r.add_post("/admin/chunks/precompute", chunk_routes.precompute)
     r.add_post("/admin/admission/pause", admin_routes.pause)
     r.add_post("/admin/admission/resume", admin_routes.resume)
     r.add_get("/admin/audit", admin_routes.audit)

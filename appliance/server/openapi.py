@@ -130,7 +130,10 @@ _SCHEMAS: dict[str, Any] = {
     "RagQueryRequest": {"type": "object", "required": ["query", "collection"], "properties": {
         **_GENERATION, **_RETRIEVAL, "stream": _BOOL,
         "temperature": {"type": "number", "minimum": 0, "maximum": 100, "description": "default 0 (greedy)"},
-        "system_prompt": {"type": "string", "minLength": 1, "maxLength": 8192}}},
+        "system_prompt": {"type": "string", "minLength": 1, "maxLength": 8192},
+        "kv_reuse": {"type": "string", "enum": ["prefix", "chunks"],
+                     "description": "prefix: exact prefix reuse only; chunks: also reuse stored chunk KV "
+                                    "at any position (approximate); default: the server's rag_kv_reuse"}}},
     "Source": {"type": "object", "properties": {"label": _STR, "doc_id": _STR, "source": _STR,
                                                 "chunk_index": _INT, "score": _NUM}},
     "RagAnswer": {"type": "object", "properties": {
@@ -155,6 +158,8 @@ _SCHEMAS: dict[str, Any] = {
         "tenant": {**_NAME, "description": "whose cache namespace; default: the caller's"},
         "public": {"type": "boolean", "description": "shared by every tenant"}}},
     "TracingSwitch": {"type": "object", "required": ["enabled"], "properties": {"enabled": _BOOL}},
+    "ChunkPrecompute": {"type": "object", "required": ["collection"], "properties": {
+        "collection": _NAME, "tenant": {**_NAME, "description": "whose collection; default: the caller's"}}},
 }
 
 def _path_param(name: str, schema: dict | None = None) -> dict:
@@ -254,6 +259,8 @@ def _admin_paths() -> dict:
         "/admin/cache/pin": {"post": _admin("Compute a prefix once and keep its KV cached", "PinRequest",
                                             errors=(400,))},
         "/admin/cache/unpin": {"post": _admin("Unpin every pinned prefix")},
+        "/admin/chunks/precompute": {"post": _admin("Store the KV of every chunk of a collection for "
+                                                    "kv_reuse chunks", "ChunkPrecompute", errors=(400, 404))},
         "/admin/admission/pause": {"post": _admin("Refuse new generation requests (503)")},
         "/admin/admission/resume": {"post": _admin("Admit requests again")},
         "/admin/audit": {"get": {**_admin("Recent audit log rows", errors=(400,)), "parameters": [

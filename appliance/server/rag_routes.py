@@ -38,7 +38,7 @@ MAX_QUERY_CHARS = 8192
 MAX_TOP_K = 50
 
 
-def _collection(name: str) -> str:
+def valid_collection(name: str) -> str:
     if not valid_name(name):
         raise bad_request("collection names are 1-64 characters of letters, digits, '.', '_' or '-', "
                           "starting with a letter or digit", "collection", "invalid_value")
@@ -56,7 +56,7 @@ def _missing(collection: str) -> ApiError:
 async def _retrieve(state: AppState, tenant: str, body: Body, default_top_k: int) -> tuple[str, list]:
     """Validate the retrieval fields and run the search; 404 when the tenant has no such collection."""
     query = body.string("query", max_len=MAX_QUERY_CHARS)
-    collection = _collection(body.string("collection", max_len=64))
+    collection = valid_collection(body.string("collection", max_len=64))
     top_k = body.integer("top_k", default_top_k, minimum=1, maximum=MAX_TOP_K)
     mode = body.string("mode", None, max_len=16)
     if mode is not None and mode not in SEARCH_MODES:
@@ -167,7 +167,7 @@ async def list_collections(request: web.Request) -> web.Response:
 
 async def list_documents(request: web.Request) -> web.Response:
     state = state_of(request)
-    collection = _collection(request.match_info["collection"])
+    collection = valid_collection(request.match_info["collection"])
     tenant = principal_of(request).tenant
     docs = await asyncio.to_thread(state.need_rag().list_documents, tenant, collection)
     if not docs:
@@ -177,7 +177,7 @@ async def list_documents(request: web.Request) -> web.Response:
 
 async def delete_document(request: web.Request) -> web.Response:
     state = state_of(request)
-    collection = _collection(request.match_info["collection"])
+    collection = valid_collection(request.match_info["collection"])
     doc_id = request.match_info["doc_id"]
     deleted = await asyncio.to_thread(state.need_rag().delete_document, principal_of(request).tenant,
                                       collection, doc_id)
@@ -190,7 +190,7 @@ async def delete_document(request: web.Request) -> web.Response:
 async def upload_documents(request: web.Request) -> web.Response:
     """Ingest uploaded files; their bytes count against the server's upload budget until ingested."""
     state, ctx = state_of(request), ctx_of(request)
-    collection = _collection(request.match_info["collection"])
+    collection = valid_collection(request.match_info["collection"])
     rag = state.need_rag()
     state.admission.check_open()
     hold = UploadHold(state.admission.uploads)

@@ -198,3 +198,33 @@ def test_chunk_kv_reuse_over_http(server, run):
     assert second["answer"]
     status, err = run(_call("POST", f"{server.url}/v1/rag/query", key, {**query, "kv_reuse": "all"}))
     assert assert_openai_error(status, err, 400)["param"] == "kv_reuse"
+
+
+def test_precomputed_chunks_serve_the_first_query(server, run):
+    """After /admin/chunks/precompute, a cold query with kv_reuse "chunks" already takes stored chunk
+    KV; a collection that does not exist is a 404, another tenant's chunks are not shared."""
+    key = make_tenant(server, "dave")
+    status, body = run(_upload(server.url, key, "kb", {"m/lighthouse.txt": LIGHTHOUSE,
+                                                       "m/bakery.md": BAKERY, "a/harbour.txt": HARBOUR}))
+    assert status == 200, body
+    status, done = run(_call("POST", f"{server.url}/admin/chunks/precompute", ADMIN_KEY,
+                             {"tenant": "dave", "collection": "kb"}))
+    assert status == 200, done
+    assert done["chunks"] >= 3 and done["resident_chunks"] == done["chunks"] and done["failed_chunks"] == 0
+    before = run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]["hit_tokens"]
+    query = {"query": QUESTION, "collection": "kb", "top_k": 3, "max_tokens": 8, "kv_reuse": "chunks"}
+    status, answer = run(_call("POST", f"{server.url}/v1/rag/query", key, query))
+    assert status == 200 and answer["answer"], answer
+    after = run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]["hit_tokens"]
+    assert after > before
+    other = make_tenant(server, "erin")
+    status, body = run(_upload(server.url, other, "kb", {"m/lighthouse.txt": LIGHTHOUSE,
+                                                         "m/bakery.md": BAKERY, "a/harbour.txt": HARBOUR}))
+    assert status == 200, body
+    status, answer = run(_call("POST", f"{server.url}/v1/rag/query", other,
+                               {**query, "query": "Who founded the bakery?"}))
+    assert status == 200
+    assert run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]["hit_tokens"] == after
+    status, err = run(_call("POST", f"{server.url}/admin/chunks/precompute", ADMIN_KEY,
+                            {"tenant": "dave", "collection": "nope"}))
+    assert assert_openai_error(status, err, 404)["param"] == "collection"
