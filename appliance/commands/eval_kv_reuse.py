@@ -123,7 +123,8 @@ def _rows(results, reference: list[bool]) -> list[dict]:
              "ratio_high": 1.0, "chunk_share": 0.0}]
     for k, r in results.items():
         s = summary(r, reference)
-        rows.append({"mode": f"chunks, recompute {k}", "recompute": k, "kl": r.kl, "top1": r.top1,
+        rows.append({"mode": f"chunks, recompute {k}", "recompute": k, "positions": r.num_positions,
+                     "kl": r.kl, "top1": r.top1,
                      "contains_gold": s.rag, "ratio": s.ratio, "ratio_low": s.ratio_low,
                      "ratio_high": s.ratio_high, "chunk_share": r.chunk_share})
     return rows
