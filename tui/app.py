@@ -124,8 +124,14 @@ class DashboardApp(App[None]):
             return False
         finally:
             self._polling = False
+        if not self.is_showing():
+            return False
         self.show_result(result)
         return True
+
+    def is_showing(self) -> bool:
+        """Whether the dashboard's panels are mounted: a poll that ends after exit has nowhere to go."""
+        return bool(self.screen_stack) and bool(self.screen_stack[0].query(ConnectionBanner))
 
     def show_result(self, result: PollResult) -> None:
         stats = result.stats
@@ -155,6 +161,8 @@ class DashboardApp(App[None]):
 
     def show_disconnected(self, message: str, label: str) -> None:
         self.last_error = message
+        if not self.is_showing():
+            return
         self.query_one(ConnectionBanner).show_error(message, self.poll_interval_s)
         self.query_one(StatusBar).show_problem(label)
         self.query_one("#panels").add_class("-stale")
@@ -176,6 +184,8 @@ class DashboardApp(App[None]):
         self.notify(message, timeout=4)
 
     def report_error(self, message: str) -> None:
+        if not self.is_showing():
+            return
         self.query_one(MessageLine).error(message)
         self.notify(message, severity="error", timeout=8)
 
