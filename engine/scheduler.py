@@ -316,15 +316,15 @@ class Scheduler:
             return 0
         k, salt, frontier = self.chunk_recompute_tokens, seq.chunk_salt, seq.num_computed_tokens
         for start, end in seq.chunk_spans:
-            entry = self.bm.lookup_chunk(salt, seq.token_ids[start:end]) if start >= frontier else None
-            if entry is not None and end - start > k and self.bm.can_hold(entry):
+            entry = self.bm.lookup_chunk(salt, seq.token_ids[start:end])
+            if entry is None:
+                if not seq.reuse_regions:  # computed in an exact context: saved once computed
+                    seq.unsaved_spans.append((start, end))
+            elif start >= frontier and end - start > k and self.bm.can_hold(entry):
                 self.bm.hold(entry.block_ids)
                 seq.reuse_regions.append(ReuseRegion(start + k, end, entry, k))
                 if not self.bm.can_append(seq, self._reused_at(seq, frontier) + n):
                     self.bm.release(seq.reuse_regions.pop().entry.block_ids)
-            elif entry is None and not seq.reuse_regions and self.bm.lookup_chunk(
-                    salt, seq.token_ids[start:end]) is None:
-                seq.unsaved_spans.append((start, end))
         return self._reused_at(seq, frontier)
 
     def _candidates(self) -> list[_Candidate]:

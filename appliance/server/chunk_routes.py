@@ -45,12 +45,14 @@ async def precompute(request: web.Request) -> web.Response:
         raise not_found(f"collection '{collection}' of tenant '{tenant}' has no chunks", "collection",
                         "collection_not_found")
     started, system = time.monotonic(), state.config.rag_system_prompt
+    prompts = await asyncio.to_thread(lambda: [_prompt(engine, system, hit) for hit in hits])
     results: list[int] = []
-    for start in range(0, len(hits), BATCH):
-        results += await asyncio.gather(*(_store_one(engine, tenant, system, hit, start + n)
-                                          for n, hit in enumerate(hits[start:start + BATCH])))
+    for start in range(0, len(prompts), BATCH):
+        batch = enumerate(prompts[start:start + BATCH], start=start)
+        results += await asyncio.gather(*(_store_one(engine, tenant, ids, spans, hits[n].id, n)
+                                          for n, (ids, spans) in batch))
         await asyncio.to_thread(engine.flush_prefix_cache, PRECOMPUTE_SALT + tenant)
-    resident = await asyncio.to_thread(_num_resident, engine, tenant, system, hits)
+    resident = await asyncio.to_thread(_num_resident, engine, tenant, prompts)
     return web.json_response({"tenant": tenant, "collection": collection, "chunks": len(hits),
                               "computed_tokens": sum(r for r in results if r > 0),
                               "failed_chunks": sum(r < 0 for r in results), "resident_chunks": resident,
@@ -62,10 +64,10 @@ def _prompt(engine, system: str, hit) -> tuple[list[int], list[tuple[int, int]]]
     return engine.tokenizer.apply_chat_template_with_spans(prompt.messages(), list(prompt.chunk_texts))
 
 
-async def _store_one(engine, tenant: str, system: str, hit, n: int) -> int:
+async def _store_one(engine, tenant: str, ids: list[int], spans: list[tuple[int, int]], chunk_id: str,
+                     n: int) -> int:
     """Run one single-chunk prompt in kv_reuse "chunks" mode (that stores the chunk); returns its
     prompt tokens, or -1 when it failed (a chunk that cannot run does not stop the others)."""
-    ids, spans = await asyncio.to_thread(_prompt, engine, system, hit)
     if not spans:
         return 0
     params = SamplingParams(max_tokens=1, temperature=0.0)
@@ -77,14 +79,11 @@ async def _store_one(engine, tenant: str, system: str, hit, n: int) -> int:
             async for _ in outputs:
                 pass
     except Exception as exc:
-        log.warning("precomputing chunk %s failed: %s", hit.id, exc)
+        log.warning("precomputing chunk %s failed: %s", chunk_id, exc)
         return -1
     return len(ids)
 
 
-def _num_resident(engine, tenant: str, system: str, hits) -> int:
-    num = 0
-    for hit in hits:
-        ids, spans = _prompt(engine, system, hit)
-        num += bool(spans) and engine.has_chunk(tenant, ids[spans[0][0]:spans[0][1]])
-    return num
+def _num_resident(engine, tenant: str, prompts: list[tuple[list[int], list[tuple[int, int]]]]) -> int:
+    return sum(bool(spans) and engine.has_chunk(tenant, ids[spans[0][0]:spans[0][1]])
+               for ids, spans in prompts)
