@@ -255,6 +255,13 @@ class AsyncEngine:
         with self.lock:
             return self.engine.block_manager.lookup_chunk(salt, token_ids) is not None
 
+    def pin_chunk(self, salt: str, token_ids: list[int]) -> int:
+        """Pin a stored chunk until unpin_all; returns blocks newly pinned (0: not stored)."""
+        with self.lock:
+            num = self.engine.pin_chunk(salt, token_ids)
+            self._snapshot = self.engine.stats()
+        return num
+
     def flush_prefix_cache(self, salt: str | None = None) -> int:
         """Drop unreferenced cached KV (only `salt`'s when given); blocks the caller's thread."""
         with self.lock:

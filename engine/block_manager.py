@@ -334,15 +334,23 @@ class BlockManager:
 
     def pin(self, seq: Sequence) -> int:
         """Keep seq's full blocks cached for good (e.g. a system prompt); returns blocks pinned."""
-        num = 0
-        for block_id in seq.block_table[: seq.num_computed_tokens // self.block_size]:
-            block = self.blocks[block_id]
-            if block.block_hash is not None and not block.pinned:
-                self._ref(block_id, pin=True)
-                block.pinned = True
-                self.pinned_ids.add(block_id)
-                num += 1
-        return num
+        blocks = seq.block_table[: seq.num_computed_tokens // self.block_size]
+        return sum(self._pin_block(b) for b in blocks if self.blocks[b].block_hash is not None)
+
+    def pin_chunk(self, salt: str, token_ids: list[int]) -> int:
+        """Keep a stored chunk's blocks for good (until unpin_all); returns blocks newly pinned, 0
+        when no such chunk is stored."""
+        entry = self.lookup_chunk(salt, token_ids)
+        return 0 if entry is None else sum(self._pin_block(b) for b in entry.block_ids)
+
+    def _pin_block(self, block_id: int) -> bool:
+        block = self.blocks[block_id]
+        if block.pinned:
+            return False
+        self._ref(block_id, pin=True)
+        block.pinned = True
+        self.pinned_ids.add(block_id)
+        return True
 
     def unpin_all(self, salt: str | None = None) -> int:
         """Release pins (only blocks under `salt` when given); returns how many were unpinned."""

@@ -307,6 +307,10 @@ class LLMEngine:
     def unpin_all(self) -> int:
         return self.block_manager.unpin_all()
 
+    def pin_chunk(self, salt: str, token_ids: list[int]) -> int:
+        """Pin a stored chunk (kv_reuse "chunks") so no eviction drops it; returns blocks pinned."""
+        return self.block_manager.pin_chunk(salt, token_ids)
+
     def stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(

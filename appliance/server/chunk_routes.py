@@ -8,7 +8,9 @@ elsewhere it is moved (engine/chunk_kv.py). The requests run in their own fair-s
 low weight, so live traffic keeps its turn, and under a salt of their own: after each batch their
 prompts' blocks are dropped and only the chunks stay (in the tenant's namespace). Chunks beyond what
 the KV pool can hold are evicted again (least recently used first): the answer says how many are
-resident afterwards.
+resident afterwards. With `"pin": true` each chunk is pinned as soon as it is stored (like a pinned
+prefix: never evicted until `POST /admin/cache/unpin`), so a hot collection stays resident whatever
+traffic passes through the pool.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ BATCH = 32  # chunks in flight at once
 
 
 async def precompute(request: web.Request) -> web.Response:
-    """Body: {"collection", "tenant" (default: the caller's own)} -> chunks computed and resident."""
+    """Body: {"collection", "tenant" (default: the caller's own), "pin"} -> chunks computed, resident
+    and pinned."""
     state = state_of(request)
     body = await read_json(request, state.config.max_body_bytes)
     tenant = body.string("tenant", principal_of(request).tenant, max_len=64)
     collection = valid_collection(body.string("collection", max_len=64))
+    pin = body.boolean("pin", False)
     engine = state.need_engine()
     hits = await asyncio.to_thread(state.need_rag().chunks, tenant, collection)
     if not hits:
@@ -47,16 +51,19 @@ async def precompute(request: web.Request) -> web.Response:
     started, system = time.monotonic(), state.config.rag_system_prompt
     prompts = await asyncio.to_thread(lambda: [_prompt(engine, system, hit) for hit in hits])
     results: list[int] = []
+    pinned = 0
     for start in range(0, len(prompts), BATCH):
-        batch = enumerate(prompts[start:start + BATCH], start=start)
+        batch = prompts[start:start + BATCH]
         results += await asyncio.gather(*(_store_one(engine, tenant, ids, spans, hits[n].id, n)
-                                          for n, (ids, spans) in batch))
+                                          for n, (ids, spans) in enumerate(batch, start=start)))
         await asyncio.to_thread(engine.flush_prefix_cache, PRECOMPUTE_SALT + tenant)
+        if pin:
+            pinned += await asyncio.to_thread(_pin, engine, tenant, batch)
     resident = await asyncio.to_thread(_num_resident, engine, tenant, prompts)
     return web.json_response({"tenant": tenant, "collection": collection, "chunks": len(hits),
                               "computed_tokens": sum(r for r in results if r > 0),
                               "failed_chunks": sum(r < 0 for r in results), "resident_chunks": resident,
-                              "seconds": round(time.monotonic() - started, 3)})
+                              "pinned_blocks": pinned, "seconds": round(time.monotonic() - started, 3)})
 
 
 def _prompt(engine, system: str, hit) -> tuple[list[int], list[tuple[int, int]]]:
@@ -82,6 +89,10 @@ async def _store_one(engine, tenant: str, ids: list[int], spans: list[tuple[int,
         log.warning("precomputing chunk %s failed: %s", chunk_id, exc)
         return -1
     return len(ids)
+
+
+def _pin(engine, tenant: str, prompts: list[tuple[list[int], list[tuple[int, int]]]]) -> int:
+    return sum(engine.pin_chunk(tenant, ids[spans[0][0]:spans[0][1]]) for ids, spans in prompts if spans)
 
 
 def _num_resident(engine, tenant: str, prompts: list[tuple[list[int], list[tuple[int, int]]]]) -> int:

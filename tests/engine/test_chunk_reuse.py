@@ -178,6 +178,29 @@ def test_held_chunks_survive_block_pressure(engine):
     assert engine.scheduler.num_preemptions > 0 and engine.stats().chunk_hit_tokens > 0
 
 
+def test_a_pinned_chunk_outlives_flushes_and_eviction_until_unpinned(engine):
+    engine.reconfigure(num_blocks=24)
+    p = pieces(engine)
+    ids, spans = prompt_of(p, ["a", "b", "c"])
+    run(engine, "store", ids, ChunkSpec(spans, "chunks"))
+    chunk = {name: ids[s:e] for name, (s, e) in zip("abc", spans, strict=True)}
+    bm = engine.block_manager
+    assert engine.pin_chunk("", chunk["a"]) == len(bm.lookup_chunk("", chunk["a"]).block_ids)
+    assert engine.pin_chunk("", chunk["a"]) == 0  # already pinned
+    assert engine.pin_chunk("", p["q"]) == 0  # not a stored chunk
+    engine.flush_prefix_cache()
+    assert bm.lookup_chunk("", chunk["b"]) is None and bm.lookup_chunk("", chunk["a"]) is not None
+    for i in range(3):  # unrelated prompts that need most of the pool: every cached block is evicted
+        run(engine, f"filler-{i}", [1000 + 7 * i + j % 50 for j in range(240)], ChunkSpec())
+    assert bm.num_evictions > 0 and bm.lookup_chunk("", chunk["a"]) is not None
+    engine.scheduler.chunk_recompute_tokens = 4
+    swapped, spans_swapped = prompt_of(p, ["c", "a"])
+    run(engine, "reuse", swapped, ChunkSpec(spans_swapped, "chunks"))
+    assert engine.stats().chunk_hit_tokens == len(chunk["a"]) - 4
+    assert engine.unpin_all() > 0 and bm.num_pinned_blocks() == 0
+    bm.check_invariants()
+
+
 @pytest.mark.parametrize("spans", [((5, 5),), ((10, 20), (15, 30)), ((0, 10**6),), ((20, 10),)])
 def test_bad_chunk_spans_are_refused(engine, spans):
     ids, _ = prompt_of(pieces(engine), ["a"])
