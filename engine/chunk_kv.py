@@ -80,6 +80,7 @@ class ReuseRegion:
     end: int
     entry: ChunkEntry
     offset: int  # the chunk token at `start` (the recomputed head comes before it)
+    num_recomputed: int  # of the head, tokens computed again (the rest of it was a prefix hit)
 
 
 @dataclass(slots=True, frozen=True)

@@ -195,7 +195,7 @@ class Scheduler:
             if start <= region.start < end:
                 self.bm.release(region.entry.block_ids)
                 self.bm.num_chunk_hit_tokens += region.end - region.start
-                self.bm.num_chunk_recomputed_tokens += region.offset
+                self.bm.num_chunk_recomputed_tokens += region.num_recomputed
 
     def _saved(self, seq: Sequence) -> None:
         """Chunks saved this step are named: later requests can reuse them."""
@@ -311,18 +311,24 @@ class Scheduler:
     def _plan_chunks(self, seq: Sequence, n: int) -> int:
         """Hold the stored chunks seq's prompt can reuse and list the ones it will save; returns the
         tokens reused at its frontier now. A chunk is reused only while the blocks this step needs
-        (n computed, plus what is reused at once) stay available."""
+        (n computed, plus what is reused at once) stay available.
+
+        A chunk is reused from its k-th token on whether or not a prefix hit covers some of its head,
+        so which tokens are moved in depends on the prompt and the stored chunks, not on what other
+        requests left in the prefix cache: a prompt gets the same answer alone or in a crowd."""
         if not seq.reuse_chunks:
             return 0
         k, salt, frontier = self.chunk_recompute_tokens, seq.chunk_salt, seq.num_computed_tokens
         for start, end in seq.chunk_spans:
             entry = self.bm.lookup_chunk(salt, seq.token_ids[start:end])
+            first = max(start + k, frontier)  # the head before it is recomputed or was a prefix hit
             if entry is None:
                 if not seq.reuse_regions:  # computed in an exact context: saved once computed
                     seq.unsaved_spans.append((start, end))
-            elif start >= frontier and end - start > k and self.bm.can_hold(entry):
+            elif first < end and self.bm.can_hold(entry):
                 self.bm.hold(entry.block_ids)
-                seq.reuse_regions.append(ReuseRegion(start + k, end, entry, k))
+                num_recomputed = first - max(start, frontier)
+                seq.reuse_regions.append(ReuseRegion(first, end, entry, first - start, num_recomputed))
                 if not self.bm.can_append(seq, self._reused_at(seq, frontier) + n):
                     self.bm.release(seq.reuse_regions.pop().entry.block_ids)
         return self._reused_at(seq, frontier)

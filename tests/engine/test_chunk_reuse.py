@@ -201,6 +201,34 @@ def test_a_pinned_chunk_outlives_flushes_and_eviction_until_unpinned(engine):
     bm.check_invariants()
 
 
+def test_what_a_prompt_reuses_does_not_depend_on_the_prefix_cache(engine):
+    """Stored (pinned) chunks, each prompt first alone after a flush, then again after prompts that
+    left their exact heads in the prefix cache: the same chunk tokens are moved in and the answers
+    are the same. (Before, a prefix hit into a chunk's head made that chunk computed in full, so the
+    next prompt's hit reached into the chunk after it: answers depended on what had run before.)"""
+    engine.scheduler.chunk_recompute_tokens = 8  # chunk a's head ends past the first block boundary
+    p = pieces(engine)
+    ids, spans = prompt_of(p, ["a", "b", "c"])
+    run(engine, "store", ids, ChunkSpec(spans, "chunks"))
+    for s, e in spans:
+        assert engine.pin_chunk("", ids[s:e]) > 0
+    orders = [["a", "b", "c"], ["a", "b"], ["a", "c", "b"], ["b", "c"]]
+
+    def reused(name: str, order: list[str]) -> tuple[list[int], int]:
+        prompt, order_spans = prompt_of(p, order)
+        before = engine.stats().chunk_hit_tokens
+        tokens = run(engine, name, prompt, ChunkSpec(order_spans, "chunks"))
+        return tokens, engine.stats().chunk_hit_tokens - before
+
+    alone = []
+    for i, order in enumerate(orders):
+        engine.flush_prefix_cache()
+        alone.append(reused(f"alone-{i}", order))
+    for repeat in range(2):
+        for i, order in enumerate(orders):
+            assert reused(f"again-{repeat}-{i}", order) == alone[i], (repeat, order)
+
+
 @pytest.mark.parametrize("spans", [((5, 5),), ((10, 20), (15, 30)), ((0, 10**6),), ((20, 10),)])
 def test_bad_chunk_spans_are_refused(engine, spans):
     ids, _ = prompt_of(pieces(engine), ["a"])
