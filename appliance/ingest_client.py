@@ -4,7 +4,8 @@ A running server owns the data dir's store, so a second process must not open it
 uploads each file (multipart, one `file` part whose filename is the source path) to
 `POST {url}/v1/collections/{collection}/documents` and reports the server's per-file result.
 Errors that doom every file (bad key, server unreachable) abort with one message; errors of one
-file (too large, unreadable locally) fail that file only.
+file (too large, unreadable locally) fail that file only. After an ingest it can also set the
+collection's settings and ask the server to precompute the collection's chunk KV (admin key).
 """
 
 from __future__ import annotations
@@ -28,14 +29,25 @@ class ApiClientError(Exception):
     """The server cannot be used at all (unreachable, bad key); the message is the whole story."""
 
 
+class ApiAuthError(ApiClientError):
+    """The server refused the key (401) or its role (403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class DocumentsClient:
     def __init__(self, url: str, api_key: str | None, timeout_s: float = 600.0) -> None:
         self._base = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
+    def _collection_url(self, collection: str, tail: str) -> str:
+        return f"{self._base}/v1/collections/{quote(collection, safe='')}/{tail}"
+
     def _documents_url(self, collection: str) -> str:
-        return f"{self._base}/v1/collections/{quote(collection, safe='')}/documents"
+        return self._collection_url(collection, "documents")
 
     def upload_paths(
         self,
@@ -115,14 +127,30 @@ class DocumentsClient:
             raise ApiClientError(f"server answered {status}: {_message(body)}")
         return bool(body.get("deleted"))
 
-    async def _single(self, method: str, url: str) -> tuple[int, dict, float]:
-        async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as session:
-            return await self._request(session, method, url)
+    def update_collection_settings(self, collection: str, changes: dict[str, str | None]) -> dict:
+        """PATCH the collection's settings; returns them as the server now has them."""
+        url = self._collection_url(collection, "settings")
+        return _success_body(asyncio.run(self._single("PATCH", url, changes)))
 
-    async def _request(self, session: aiohttp.ClientSession, method: str, url: str, data=None):
+    def precompute_chunks(self, collection: str, pin: bool = False) -> dict:
+        """Have the server store the KV of every chunk of the collection (an admin action)."""
+        body = {"collection": collection, **({"pin": True} if pin else {})}
+        try:
+            reply = asyncio.run(self._single("POST", f"{self._base}/admin/chunks/precompute", body))
+        except ApiAuthError as exc:
+            raise ApiClientError(f"precomputing chunk KV needs an admin key (the appliance answered "
+                                 f"{exc.status} to this key)") from None
+        return _success_body(reply)
+
+    async def _single(self, method: str, url: str, json_body: dict | None = None) -> tuple[int, dict, float]:
+        async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as session:
+            return await self._request(session, method, url, json_body=json_body)
+
+    async def _request(self, session: aiohttp.ClientSession, method: str, url: str, data=None,
+                       json_body: dict | None = None):
         """(status, JSON body or {}, Retry-After seconds); auth failures and no server raise."""
         try:
-            async with session.request(method, url, data=data) as response:
+            async with session.request(method, url, data=data, json=json_body) as response:
                 body = await _json_body(response)
                 retry_after = _seconds(response.headers.get("Retry-After"))
                 status = response.status
@@ -131,8 +159,15 @@ class DocumentsClient:
                 f"cannot reach the appliance at {self._base}: {exc or type(exc).__name__}"
             ) from None
         if status in (401, 403):
-            raise ApiClientError(f"the appliance refused the API key ({status}): {_message(body)}")
+            raise ApiAuthError(status, f"the appliance refused the API key ({status}): {_message(body)}")
         return status, body, retry_after
+
+
+def _success_body(reply: tuple[int, dict, float]) -> dict:
+    status, body, _ = reply
+    if status != 200:
+        raise ApiClientError(f"server answered {status}: {_message(body)}")
+    return body
 
 
 async def _json_body(response: aiohttp.ClientResponse) -> dict:

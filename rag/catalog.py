@@ -35,10 +35,7 @@ class CatalogEntry:
 
 class Catalog:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db = sqlite_utils.Database(connection)
-        self._db.enable_wal()
+        self._db = open_database(path)
         self._lock = threading.Lock()
         self._table = self._create_table()
 
@@ -157,6 +154,15 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._db.conn.close()
+
+
+def open_database(path: Path) -> sqlite_utils.Database:
+    """An autocommit WAL connection usable from any thread (callers serialise with their own lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db = sqlite_utils.Database(connection)
+    db.enable_wal()
+    return db
 
 
 def _doc_info(row: dict) -> DocInfo:

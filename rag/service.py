@@ -11,11 +11,12 @@ background and never blocks searches (see rag/store/edge_index.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from rag.catalog import Catalog
 from rag.chunker import Chunker, ChunkerConfig, TokenSpans
+from rag.collection_settings import CollectionSettings, CollectionSettingsTable
 from rag.discovery import discover
 from rag.embedder import Embedder
 from rag.ids import make_doc_id, normalize_source
@@ -45,6 +46,7 @@ class RagService:
         self._owner = OwnerLock(root / "owner.lock")
         try:
             self._catalog = Catalog(root / "catalog.db")
+            self._collection_settings = CollectionSettingsTable(root / "collection_settings.db")
             self.embedder = embedder or Embedder(embed_model, device=device)
             self._store = _open_store(root, qdrant_url, self.embedder.dimension, self.settings)
         except BaseException:
@@ -131,6 +133,15 @@ class RagService:
         Scope(tenant, "any")  # validates the tenant
         return self._catalog.collections(tenant)
 
+    def collection_settings(self, tenant: str, collection: str) -> CollectionSettings:
+        """The collection's own settings (fields left None inherit the server's defaults)."""
+        return self._collection_settings.get(Scope(tenant, collection))
+
+    def update_collection_settings(
+        self, tenant: str, collection: str, changes: Mapping[str, str | None]
+    ) -> CollectionSettings:
+        return self._collection_settings.update(Scope(tenant, collection), changes)
+
     def delete_document(self, tenant: str, collection: str, doc_id: str) -> bool:
         scope = Scope(tenant, collection)
         with self._locks.of(scope):
@@ -140,7 +151,7 @@ class RagService:
             return self._catalog.delete(doc_id)
 
     def delete_tenant(self, tenant: str) -> dict[str, int]:
-        """Erase all of `tenant`'s RAG data: every collection's chunks and the documents' catalog rows.
+        """Erase all of `tenant`'s RAG data: every collection's chunks, settings and documents' catalog rows.
 
         Holds the locks of all its collections, so an ingest in flight either lands before (and is
         erased) or waits and lands after; the caller stops new ones first (revokes the tenant's keys).
@@ -151,7 +162,9 @@ class RagService:
         with self._locks.holding(scopes):
             chunks = self._store.delete_tenant(tenant)
             documents = self._catalog.delete_tenant(tenant)
-        return {"collections": len(scopes), "documents": documents, "chunks": chunks}
+            settings = self._collection_settings.delete_tenant(tenant)
+        return {"collections": len(scopes), "documents": documents, "chunks": chunks,
+                "collection_settings": settings}
 
     def close(self) -> None:
         with self._locks.holding(self._locks.known()):
@@ -160,6 +173,7 @@ class RagService:
             self._closed = True
             self._store.close()
             self._catalog.close()
+            self._collection_settings.close()
             self._owner.release()
 
 

@@ -2,7 +2,9 @@
 
 Locally the command opens the data dir's RAG store itself. When a server owns that store (it
 holds the store lock), open fails with a one-line hint, and `--url/--api-key` sends the files
-through the server's HTTP API instead, so the two never fight over the store.
+through the server's HTTP API instead, so the two never fight over the store. After the files,
+`--kv-reuse` sets the collection's default and `--precompute-kv` has the server store its chunks'
+KV (only through a server: that cache lives in the server process).
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 from appliance.cli import UserError
+
+if TYPE_CHECKING:
+    from rag import IngestSummary, RagService
 
 DEFAULT_DATA_DIR = "./data"
 
@@ -27,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", metavar="GLOB", help="skip files matching (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the per-file results as JSON on stdout")
+    p.add_argument("--kv-reuse", choices=["prefix", "chunks"],
+                   help="after ingesting: make this the collection's default kv_reuse")
+    p.add_argument("--precompute-kv", action="store_true",
+                   help="after ingesting: have the server store every chunk's KV (--url, admin key)")
+    p.add_argument("--pin-kv", action="store_true", help="with --precompute-kv: pin the stored chunks")
     p.set_defaults(func=run_ingest)
 
     d = subparsers.add_parser("documents", help="list or delete a collection's documents")
@@ -58,23 +71,63 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    _check_kv_flags(args)
+    _validate(args)
+    if args.url:
+        return _ingest_remote(args, _client(args))
+    with _LocalService(args) as service:
+        return _ingest_local(args, service)
+
+
+def _check_kv_flags(args: argparse.Namespace) -> None:
+    if args.precompute_kv and not args.url:
+        raise UserError("--precompute-kv needs --url and an admin key: the chunk KV cache lives in the "
+                        "server process")
+    if args.pin_kv and not args.precompute_kv:
+        raise UserError("--pin-kv only goes with --precompute-kv")
+
+
+def _ingest_local(args: argparse.Namespace, service: RagService) -> int:
+    tenant = _tenant(args)
+    summary = _ingest(args, partial(service.ingest_paths, args.paths, tenant, args.collection))
+    if args.kv_reuse:
+        service.update_collection_settings(tenant, args.collection, {"kv_reuse": args.kv_reuse})
+        _print_kv_reuse(args)
+    return 1 if summary.num_failed else 0
+
+
+def _ingest_remote(args: argparse.Namespace, client: _Guarded) -> int:
+    summary = _ingest(args, partial(client.upload_paths, args.paths, args.collection))
+    if args.kv_reuse:
+        client.update_collection_settings(args.collection, {"kv_reuse": args.kv_reuse})
+        _print_kv_reuse(args)
+    if args.precompute_kv:
+        result = client.precompute_chunks(args.collection, args.pin_kv)
+        print(_precompute_line(result, args.pin_kv), file=sys.stderr)
+    return 1 if summary.num_failed else 0
+
+
+def _ingest(args: argparse.Namespace, ingest: Callable[..., IngestSummary]) -> IngestSummary:
+    """`ingest(include, exclude, progress)` under a progress bar, then its results and summary line."""
     from appliance.ingest_progress import RichIngestProgress, summary_line
 
-    _validate(args)
     with RichIngestProgress(enabled=not args.quiet) as progress:
-        if args.url:
-            summary = _client(args).upload_paths(
-                args.paths, args.collection, args.include, args.exclude, progress
-            )
-        else:
-            with _LocalService(args) as service:
-                summary = service.ingest_paths(
-                    args.paths, _tenant(args), args.collection, args.include, args.exclude, progress
-                )
+        summary = ingest(args.include, args.exclude, progress)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     print(summary_line(summary), file=sys.stderr)
-    return 1 if summary.num_failed else 0
+    return summary
+
+
+def _print_kv_reuse(args: argparse.Namespace) -> None:
+    print(f"collection {args.collection}: kv_reuse {args.kv_reuse} by default", file=sys.stderr)
+
+
+def _precompute_line(result: dict, pinned: bool) -> str:
+    pins = f", {result['pinned_blocks']} blocks pinned" if pinned else ""
+    return (f"precomputed chunk KV of {result['collection']}: {result['chunks']} chunks, "
+            f"{result['resident_chunks']} resident, {result['failed_chunks']} failed{pins} "
+            f"in {result['seconds']:.1f}s")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -11,7 +11,14 @@ import logging
 
 from aiohttp import web
 
-from appliance.server import admin_routes, chunk_routes, openai_routes, rag_routes, trace_routes
+from appliance.server import (
+    admin_routes,
+    chunk_routes,
+    collection_routes,
+    openai_routes,
+    rag_routes,
+    trace_routes,
+)
 from appliance.server.admin_routes import server_status
 from appliance.server.alert_routes import alerting, list_alerts
 from appliance.server.config import ServerConfig
@@ -78,6 +85,8 @@ def _routes(app: web.Application) -> None:
     r.add_get("/v1/collections/{collection}/documents", rag_routes.list_documents)
     r.add_post("/v1/collections/{collection}/documents", rag_routes.upload_documents)
     r.add_delete("/v1/collections/{collection}/documents/{doc_id}", rag_routes.delete_document)
+    r.add_get("/v1/collections/{collection}/settings", collection_routes.get_settings)
+    r.add_patch("/v1/collections/{collection}/settings", collection_routes.update_settings)
     r.add_get("/admin/stats", admin_routes.stats)
     r.add_get("/admin/tenants", admin_routes.list_tenants)
     r.add_post("/admin/tenants", admin_routes.create_tenant)

@@ -83,6 +83,7 @@ _RETRIEVAL = {
     "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "description": "chunks to retrieve"},
     "mode": {"type": "string", "enum": ["hybrid", "dense", "sparse"]},
 }
+_KV_REUSE = {"type": "string", "enum": ["prefix", "chunks"]}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 64}
 _LIMIT = {"type": "integer", "minimum": 0, "nullable": True}
 _TENANT_FIELDS = {
@@ -131,9 +132,10 @@ _SCHEMAS: dict[str, Any] = {
         **_GENERATION, **_RETRIEVAL, "stream": _BOOL,
         "temperature": {"type": "number", "minimum": 0, "maximum": 100, "description": "default 0 (greedy)"},
         "system_prompt": {"type": "string", "minLength": 1, "maxLength": 8192},
-        "kv_reuse": {"type": "string", "enum": ["prefix", "chunks"],
+        "kv_reuse": {**_KV_REUSE,
                      "description": "prefix: exact prefix reuse only; chunks: also reuse stored chunk KV "
-                                    "at any position (approximate); default: the server's rag_kv_reuse"}}},
+                                    "at any position (approximate); default: the collection's kv_reuse, "
+                                    "else the server's rag_kv_reuse"}}},
     "Source": {"type": "object", "properties": {"label": _STR, "doc_id": _STR, "source": _STR,
                                                 "chunk_index": _INT, "score": _NUM}},
     "RagAnswer": {"type": "object", "properties": {
@@ -143,6 +145,14 @@ _SCHEMAS: dict[str, Any] = {
         "source": _STR, "doc_id": _STR, "status": {"type": "string", "enum": ["added", "skipped", "replaced",
                                                                               "failed"]},
         "chunks": _INT, "error": {"type": "string", "nullable": True}}},
+    "CollectionSettingsUpdate": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                                 "properties": {"kv_reuse": {
+                                     **_KV_REUSE, "nullable": True,
+                                     "description": "null: the server's rag_kv_reuse"}}},
+    "CollectionSettings": {"type": "object", "properties": {
+        "collection": _STR, "kv_reuse": {**_KV_REUSE, "nullable": True},
+        "effective_kv_reuse": {**_KV_REUSE,
+                               "description": "what /v1/rag/query uses when a request names none"}}},
     "Document": {"type": "object", "properties": {
         "doc_id": _STR, "source": _STR, "chunks": _INT, "content_sha256": _STR, "status": _STR,
         "updated_at": _STR}},
@@ -159,7 +169,8 @@ _SCHEMAS: dict[str, Any] = {
         "public": {"type": "boolean", "description": "shared by every tenant"}}},
     "TracingSwitch": {"type": "object", "required": ["enabled"], "properties": {"enabled": _BOOL}},
     "ChunkPrecompute": {"type": "object", "required": ["collection"], "properties": {
-        "collection": _NAME, "tenant": {**_NAME, "description": "whose collection; default: the caller's"}}},
+        "collection": _NAME, "tenant": {**_NAME, "description": "whose collection; default: the caller's"},
+        "pin": {"type": "boolean", "description": "pin each stored chunk until /admin/cache/unpin"}}},
 }
 
 def _path_param(name: str, schema: dict | None = None) -> dict:
@@ -226,6 +237,13 @@ def _paths() -> dict:
             "delete": {"summary": "Delete a document", "responses": {
                 "200": _ok({"type": "object", "properties": {"deleted": _BOOL}}),
                 **_errors(400, 401, 404, 503)}}},
+        "/v1/collections/{collection}/settings": {
+            "parameters": [_COLLECTION_PARAM],
+            "get": {"summary": "A collection's settings: its default kv_reuse", "responses": {
+                "200": _ok(_ref("CollectionSettings")), **_errors(400, 401, 404, 503)}},
+            "patch": {"summary": "Set a collection's settings (null: back to the server's default)",
+                      "requestBody": _json_body(_ref("CollectionSettingsUpdate")), "responses": {
+                          "200": _ok(_ref("CollectionSettings")), **_errors(*_COMMON_ERRORS)}}},
         **_admin_paths(),
     }
 
@@ -258,7 +276,7 @@ def _admin_paths() -> dict:
         "/admin/cache/flush": {"post": _admin("Drop unreferenced cached KV blocks")},
         "/admin/cache/pin": {"post": _admin("Compute a prefix once and keep its KV cached", "PinRequest",
                                             errors=(400,))},
-        "/admin/cache/unpin": {"post": _admin("Unpin every pinned prefix")},
+        "/admin/cache/unpin": {"post": _admin("Unpin every pinned prefix and chunk")},
         "/admin/chunks/precompute": {"post": _admin("Store the KV of every chunk of a collection for "
                                                     "kv_reuse chunks", "ChunkPrecompute", errors=(400, 404))},
         "/admin/admission/pause": {"post": _admin("Refuse new generation requests (503)")},

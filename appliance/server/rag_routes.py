@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import aclosing
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -34,6 +35,9 @@ from engine import KV_REUSE_MODES, ChunkSpec
 from rag import build_rag_prompt
 from rag.settings import SEARCH_MODES
 
+if TYPE_CHECKING:
+    from rag.collection_settings import CollectionSettings
+
 MAX_QUERY_CHARS = 8192
 MAX_TOP_K = 50
 
@@ -45,12 +49,26 @@ def valid_collection(name: str) -> str:
     return name
 
 
-def _has_collection(state: AppState, tenant: str, collection: str) -> bool:
+def has_collection(state: AppState, tenant: str, collection: str) -> bool:
     return any(c.name == collection for c in state.need_rag().list_collections(tenant))
 
 
-def _missing(collection: str) -> ApiError:
+def missing_collection(collection: str) -> ApiError:
     return not_found(f"collection '{collection}' not found", "collection", "collection_not_found")
+
+
+def kv_reuse_value(body: Body) -> str | None:
+    """The body's `kv_reuse`: None when absent or null, else one of the engine's modes (or a 400)."""
+    value = body.string("kv_reuse", None, max_len=16)
+    if value is not None and value not in KV_REUSE_MODES:
+        raise bad_request(f"'kv_reuse' must be one of {', '.join(KV_REUSE_MODES)}", "kv_reuse",
+                          "invalid_value")
+    return value
+
+
+def effective_kv_reuse(state: AppState, settings: CollectionSettings, requested: str | None = None) -> str:
+    """The one precedence: the request's field, then the collection's default, then the server's."""
+    return requested or settings.kv_reuse or state.config.rag_kv_reuse
 
 
 async def _retrieve(state: AppState, tenant: str, body: Body, default_top_k: int) -> tuple[str, list]:
@@ -64,14 +82,14 @@ async def _retrieve(state: AppState, tenant: str, body: Body, default_top_k: int
     rag = state.need_rag()
 
     def search() -> list | None:
-        if not _has_collection(state, tenant, collection):
+        if not has_collection(state, tenant, collection):
             return None
         return rag.retrieve(tenant, collection, query, top_k, mode)
 
     started = time.monotonic()
     hits = await asyncio.to_thread(search)
     if hits is None:
-        raise _missing(collection)
+        raise missing_collection(collection)
     state.metrics.observe_retrieval(time.monotonic() - started)
     note_retrieval(state, tenant, collection, mode, query, hits)
     return query, hits
@@ -93,12 +111,11 @@ async def query(request: web.Request) -> web.StreamResponse:
     if not body.has("temperature"):
         body.data["temperature"] = 0.0  # grounded answers: greedy unless asked otherwise
     tenant = principal_of(request).tenant
-    kv_reuse = body.string("kv_reuse", state.config.rag_kv_reuse, max_len=16)
-    if kv_reuse not in KV_REUSE_MODES:
-        raise bad_request(f"'kv_reuse' must be one of {', '.join(KV_REUSE_MODES)}", "kv_reuse",
-                          "invalid_value")
+    requested_kv_reuse = kv_reuse_value(body)
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
     collection = body.string("collection")  # checked by _retrieve
+    settings = await asyncio.to_thread(state.need_rag().collection_settings, tenant, collection)
+    kv_reuse = effective_kv_reuse(state, settings, requested_kv_reuse)
     with ctx.trace.stage("prompt"):
         prompt = build_rag_prompt(system, hits, question)
         prompt_ids, spans = await asyncio.to_thread(engine.tokenizer.apply_chat_template_with_spans,
@@ -171,7 +188,7 @@ async def list_documents(request: web.Request) -> web.Response:
     tenant = principal_of(request).tenant
     docs = await asyncio.to_thread(state.need_rag().list_documents, tenant, collection)
     if not docs:
-        raise _missing(collection)
+        raise missing_collection(collection)
     return web.json_response({"documents": [d.to_dict() for d in docs]})
 
 

@@ -88,6 +88,8 @@ def test_ingest_refuses_a_store_owned_by_another_process(tmp_path, open_service)
         (["--collection", "c"], "--tenant is required"),
         (["--collection", "no/slashes", "--tenant", "t"], "invalid collection name"),
         (["--collection", "c", "--url", "http://127.0.0.1:9"], "--url needs --api-key"),
+        (["--collection", "c", "--tenant", "t", "--precompute-kv"], "--precompute-kv needs --url"),
+        (["--collection", "c", "--tenant", "t", "--pin-kv"], "--pin-kv only goes with --precompute-kv"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, args, message):

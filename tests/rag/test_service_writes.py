@@ -96,7 +96,8 @@ def test_delete_tenant_erases_that_tenant_only(open_service, backend_url):
 
     erased = service.delete_tenant("t1")
 
-    assert erased == {"collections": 2, "documents": 3, "chunks": chunks["t1", "kb"] + chunks["t1", "notes"]}
+    assert erased == {"collections": 2, "documents": 3, "chunks": chunks["t1", "kb"] + chunks["t1", "notes"],
+                      "collection_settings": 0}
     assert erased["chunks"] > 0
     assert service.list_collections("t1") == []
     assert all(service.store.count(Scope("t1", c)) == 0 for c in ("kb", "notes"))
@@ -104,7 +105,8 @@ def test_delete_tenant_erases_that_tenant_only(open_service, backend_url):
     assert {c: service.list_documents("t2", c) for c in ("kb", "notes")} == t2_before
     assert all(service.store.count(Scope("t2", c)) == chunks["t2", c] for c in ("kb", "notes"))
     assert service.retrieve("t2", "kb", "zebra detail", top_k=1)[0].source == "zebra.md"
-    assert service.delete_tenant("t1") == {"collections": 0, "documents": 0, "chunks": 0}
+    assert service.delete_tenant("t1") == {"collections": 0, "documents": 0, "chunks": 0,
+                                           "collection_settings": 0}
 
 
 def test_delete_tenant_rejects_an_empty_name(open_service):
