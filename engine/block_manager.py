@@ -271,6 +271,17 @@ class BlockManager:
         assert self._holds(entry)
         return entry
 
+    def num_stored_chunk_tokens(self, seq: Sequence, start_at: int = 0) -> int:
+        """Tokens from `start_at` on of seq's chunks that are stored now, by name only (an estimate
+        that orders waiting requests; lookup_chunk checks the tokens before anything is reused)."""
+        if not seq.reuse_chunks:
+            return 0
+        if len(seq.chunk_names) != len(seq.chunk_spans):
+            salt = seq.chunk_salt
+            seq.chunk_names = [self.chunk_name(salt, seq.token_ids[s:e]) for s, e in seq.chunk_spans]
+        spans = zip(seq.chunk_spans, seq.chunk_names, strict=True)
+        return sum(max(0, end - max(start, start_at)) for (start, end), name in spans if name in self.chunks)
+
     def _holds(self, entry: ChunkEntry) -> bool:
         """Whether every block of the entry still is the one named for it (eviction bumps generations)."""
         pairs = zip(entry.block_ids, entry.generations, strict=True)

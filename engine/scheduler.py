@@ -3,8 +3,9 @@
 Order within a step: running sequences that decode (one token each), then prefill work: running
 sequences part-way through a chunked prefill and waiting sequences to admit, interleaved across
 groups (tenants) by weighted fair queuing over prompt tokens (see fairness.py and _prefill_order).
-Within a group, running chunks come first, then waiting requests with the longest cached prefix, or
-in arrival order once the group's oldest request has waited long. When blocks run out, the newest
+Within a group, running chunks come first, then waiting requests with the most reusable KV (cached
+prefix plus stored chunks, for kv_reuse "chunks"), or in arrival order once the group's oldest
+request has waited long. When blocks run out, the newest
 running sequence is preempted: its blocks are freed and it is recomputed later from its tokens
 (prompt plus what it had generated), so its output is unchanged. A sequence that cannot fit even
 alone (pinned blocks took the room) is handed back as unschedulable instead of looping forever.
@@ -74,6 +75,7 @@ class ScheduledBatch:
 class _Candidate:
     seq: Sequence
     hits: list[int]
+    num_reusable: int  # prompt tokens it need not compute: prefix hits plus stored chunks
 
 
 @dataclass(slots=True)
@@ -165,7 +167,7 @@ class Scheduler:
             if seq.num_uncomputed_tokens > 1:
                 per_group.setdefault(seq.group, []).append((seq, None, seq.num_uncomputed_tokens))
         for cand in self._candidates():
-            cost = cand.seq.num_tokens - len(cand.hits) * self.bm.block_size
+            cost = max(1, cand.seq.num_tokens - cand.num_reusable)
             per_group.setdefault(cand.seq.group, []).append((cand.seq, cand.hits, cost))
         order = []
         for group, items in per_group.items():
@@ -345,11 +347,16 @@ class Scheduler:
         for queue in by_group.values():
             head = queue[0]
             fcfs = head.num_preemptions > 0 or now - head.arrival_time > MAX_WAIT_BEFORE_FCFS_S
-            ranked = [(seq, self.bm.lookup_prefix(seq)) for seq in queue]
+            ranked = [self._candidate(seq) for seq in queue]
             if not fcfs:
-                ranked.sort(key=lambda pair: -len(pair[1]))  # stable: arrival order among equals
-            out.extend(_Candidate(seq, hits) for seq, hits in ranked)
+                ranked.sort(key=lambda cand: -cand.num_reusable)  # stable: arrival order among equals
+            out.extend(ranked)
         return out
+
+    def _candidate(self, seq: Sequence) -> _Candidate:
+        hits = self.bm.lookup_prefix(seq)
+        num_hit = len(hits) * self.bm.block_size
+        return _Candidate(seq, hits, num_hit + self.bm.num_stored_chunk_tokens(seq, num_hit))
 
     def _inflight_hashes(self) -> set[bytes]:
         """Names of prompt blocks that running sequences are still computing."""

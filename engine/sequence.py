@@ -45,6 +45,7 @@ class Sequence:
     reuse_chunks: bool = False
     public_chunks: bool = False
     chunk_namespace: str | None = None  # the chunks' salt when not `salt` (ChunkSpec.namespace)
+    chunk_names: list[bytes] = field(default_factory=list)  # each span's chunk name, once computed
     reuse_regions: list[ReuseRegion] = field(default_factory=list)  # planned at admission, held
     unsaved_spans: list[tuple[int, int]] = field(default_factory=list)  # to save once computed exactly
     saving: list[tuple[tuple[int, int], list[int]]] = field(default_factory=list)  # span, blocks: this step

@@ -229,6 +229,24 @@ def test_what_a_prompt_reuses_does_not_depend_on_the_prefix_cache(engine):
             assert reused(f"again-{repeat}-{i}", order) == alone[i], (repeat, order)
 
 
+def test_a_waiting_request_whose_chunks_are_stored_goes_first(engine):
+    """Among a group's waiting requests the scheduler prefers the one with more reusable KV: stored
+    chunks count like prefix hits (one slot: the later, warm request is admitted first)."""
+    engine.scheduler.chunk_recompute_tokens = 4
+    p = pieces(engine)
+    ids, spans = prompt_of(p, ["a", "b"])
+    run(engine, "store", ids, ChunkSpec(spans, "chunks"))
+    engine.scheduler.max_num_seqs = 1
+    cold, cold_spans = prompt_of(p, ["c"])
+    warm, warm_spans = prompt_of(p, ["b", "a"])
+    engine.add_request("cold", cold, GREEDY, chunks=ChunkSpec(cold_spans, "chunks"))
+    engine.add_request("warm", warm, GREEDY, chunks=ChunkSpec(warm_spans, "chunks"))
+    engine.step()
+    assert [seq.request_id for seq in engine.scheduler.running] == ["warm"]
+    while engine.has_unfinished():
+        engine.step()
+
+
 @pytest.mark.parametrize("spans", [((5, 5),), ((10, 20), (15, 30)), ((0, 10**6),), ((20, 10),)])
 def test_bad_chunk_spans_are_refused(engine, spans):
     ids, _ = prompt_of(pieces(engine), ["a"])
