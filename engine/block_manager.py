@@ -68,6 +68,8 @@ class BlockManager:
         self.chunk_of_block: dict[int, bytes] = {}  # block id -> the stored chunk it is part of
         self.num_chunk_hit_tokens = 0  # prompt tokens served from stored chunks
         self.num_chunk_recomputed_tokens = 0  # heads of reused chunks computed again
+        self.num_chunk_query_tokens = 0  # chunk tokens of kv_reuse "chunks" prompts (first admission)
+        self.num_chunk_prefix_hit_tokens = 0  # of those, covered by a prefix hit at admission
 
     # --- counts -------------------------------------------------------------------------------
     @property

@@ -324,6 +324,8 @@ class LLMEngine:
             num_steps=self.num_steps, requests_finished=dict(self.finished_by_reason),
             num_evictions=bm.num_evictions, chunk_hit_tokens=bm.num_chunk_hit_tokens,
             chunk_recomputed_tokens=bm.num_chunk_recomputed_tokens, chunk_blocks=bm.num_chunk_blocks,
+            chunk_query_tokens=bm.num_chunk_query_tokens,
+            chunk_prefix_hit_tokens=bm.num_chunk_prefix_hit_tokens,
         )
 
     # --- offline use -------------------------------------------------------------------------

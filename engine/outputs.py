@@ -59,6 +59,15 @@ class EngineStats:
     chunk_hit_tokens: int = 0  # prompt tokens whose KV came from stored chunks (kv_reuse "chunks")
     chunk_recomputed_tokens: int = 0  # heads of reused chunks computed again in their new context
     chunk_blocks: int = 0  # blocks of the pool holding stored chunks
+    chunk_query_tokens: int = 0  # chunk tokens of kv_reuse "chunks" prompts
+    chunk_prefix_hit_tokens: int = 0  # of those, served by exact prefix hits
+
+    @property
+    def chunk_served_perc(self) -> float:
+        """Share of kv_reuse "chunks" prompts' chunk tokens not computed: moved in or prefix hits."""
+        if not self.chunk_query_tokens:
+            return 0.0
+        return (self.chunk_hit_tokens + self.chunk_prefix_hit_tokens) / self.chunk_query_tokens
 
     @property
     def usage_perc(self) -> float:

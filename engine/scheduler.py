@@ -300,6 +300,7 @@ class Scheduler:
         seq.num_computed_tokens = self.bm.allocate_prefix(seq, hits)
         if seq.num_preemptions == 0:
             seq.num_cached_tokens = seq.num_computed_tokens
+            self._count_chunk_tokens(seq)
         r = self._plan_chunks(seq, n)
         n = self._chunk_len(seq, r, n)
         self.bm.allocate_slots(seq, r + n)
@@ -309,6 +310,14 @@ class Scheduler:
         self.running.append(seq)
         self._add_to_batch(batch, seq, n, r)
         return n
+
+    def _count_chunk_tokens(self, seq: Sequence) -> None:
+        """A kv_reuse "chunks" prompt's chunk tokens, and how many of them a prefix hit covers."""
+        if seq.reuse_chunks:
+            hit = seq.num_computed_tokens
+            self.bm.num_chunk_query_tokens += sum(end - start for start, end in seq.chunk_spans)
+            self.bm.num_chunk_prefix_hit_tokens += sum(max(0, min(end, hit) - start)
+                                                       for start, end in seq.chunk_spans)
 
     def _plan_chunks(self, seq: Sequence, n: int) -> int:
         """Hold the stored chunks seq's prompt can reuse and list the ones it will save; returns the

@@ -473,12 +473,19 @@ async def _bench_kv_reuse(args: argparse.Namespace, url: str, key: str) -> int:
         samples, duration = await run_load(url, key, workload, concurrency, args.request_rate, args.seed)
         row = summarize(f"kv_reuse {mode}", samples, duration)
         after = await admin_stats(url, key)
-        row["chunk_hit_tokens"] = after["chunk_cache"]["hit_tokens"] - before["chunk_cache"]["hit_tokens"]
+        grew = {key: after["chunk_cache"][key] - before["chunk_cache"][key]
+                for key in ("hit_tokens", "prefix_hit_tokens", "query_tokens")}
+        row["chunk_hit_tokens"], row["chunk_tokens"] = grew["hit_tokens"], grew["query_tokens"]
+        row["chunk_prefix_hit_tokens"] = grew["prefix_hit_tokens"]
         row["prompt_tokens_computed"] = (after["totals"]["prompt_tokens_computed"]
                                          - before["totals"]["prompt_tokens_computed"])
         print_summary(row)
         print(f"   chunk tokens moved in {row['chunk_hit_tokens']}, prompt tokens computed "
               f"{row['prompt_tokens_computed']} of {row['prompt_tokens']}", flush=True)
+        if grew["query_tokens"]:
+            served = grew["hit_tokens"] + grew["prefix_hit_tokens"]
+            print(f"   chunk tokens not computed {served} of {grew['query_tokens']} "
+                  f"({served / grew['query_tokens']:.1%}: moved in, or exact prefix hits)", flush=True)
         rows.append(row)
     if len(rows) == 2 and rows[1]["ttft_s"]["p50"]:
         print(f"\nTTFT p50: {rows[0]['ttft_s']['p50'] / rows[1]['ttft_s']['p50']:.2f}x lower with "

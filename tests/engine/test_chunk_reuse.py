@@ -130,6 +130,9 @@ def test_chunks_reused_in_another_order_and_position(engine, monkeypatch):
     stats = engine.stats()
     assert stats.chunk_hit_tokens == sum(e - s - 4 for s, e in spans_swapped)
     assert stats.chunk_recomputed_tokens == 4 * len(spans_swapped)
+    assert stats.chunk_query_tokens == 2 * sum(e - s for s, e in spans)  # "store" and "reuse"
+    assert stats.chunk_prefix_hit_tokens == 0  # the system prompt is shorter than a block
+    assert stats.chunk_served_perc == stats.chunk_hit_tokens / stats.chunk_query_tokens
     assert len(tokens) == GREEDY.max_tokens
     # blocks from the first reused region on hold approximate KV: none became a prefix block
     hits = engine.block_manager.lookup_prefix(Sequence("probe", list(swapped), len(swapped), GREEDY))
@@ -227,6 +230,7 @@ def test_what_a_prompt_reuses_does_not_depend_on_the_prefix_cache(engine):
     for repeat in range(2):
         for i, order in enumerate(orders):
             assert reused(f"again-{repeat}-{i}", order) == alone[i], (repeat, order)
+    assert engine.stats().chunk_prefix_hit_tokens > 0  # the "again" runs hit chunk heads
 
 
 def test_a_waiting_request_whose_chunks_are_stored_goes_first(engine):

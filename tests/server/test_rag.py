@@ -195,6 +195,8 @@ def test_chunk_kv_reuse_over_http(server, run):
     assert second["sources"][0]["source"] == "a/harbour.txt"  # the others moved down
     after = run(_call("GET", f"{server.url}/admin/stats", ADMIN_KEY))[1]["chunk_cache"]
     assert after["hit_tokens"] > before["hit_tokens"] and after["blocks"] > 0
+    assert after["query_tokens"] > after["hit_tokens"] + after["prefix_hit_tokens"]  # the first computed them
+    assert 0 < after["served_perc"] < 1
     assert second["answer"]
     status, err = run(_call("POST", f"{server.url}/v1/rag/query", key, {**query, "kv_reuse": "all"}))
     assert assert_openai_error(status, err, 400)["param"] == "kv_reuse"
