@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -70,16 +73,23 @@ def kv_cache_gib(num_blocks: int) -> float:
     return (num_blocks + 0.5) * bytes_per_block / 2**30
 
 
-@pytest.fixture(scope="module")
-def small_pool_server(tmp_path_factory):
-    env = {"APPLIANCE_KV_CACHE_GIB": f"{kv_cache_gib(TARGET_BLOCKS):.6f}", "APPLIANCE_DTYPE": "float32",
+@contextmanager
+def pool_server(data_dir: Path, num_blocks: int) -> Iterator[ServerProcess]:
+    """A float32 CPU server with a KV pool of about num_blocks blocks and no per-tenant cap."""
+    env = {"APPLIANCE_KV_CACHE_GIB": f"{kv_cache_gib(num_blocks):.6f}", "APPLIANCE_DTYPE": "float32",
            "APPLIANCE_DEVICE": "cpu", "APPLIANCE_DEFAULT_MAX_CONCURRENT_REQUESTS": "256"}
-    proc = ServerProcess(tmp_path_factory.mktemp("stress") / "data", env_extra=env).start()
+    proc = ServerProcess(data_dir, env_extra=env).start()
     try:
         proc.wait_ready()
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def small_pool_server(tmp_path_factory):
+    with pool_server(tmp_path_factory.mktemp("stress") / "data", TARGET_BLOCKS) as proc:
+        yield proc
 
 
 async def _complete(session: aiohttp.ClientSession, url: str, model: str, prompt: str, key: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 from tests.server.conftest import make_tenant
 from tests.server.helpers import ADMIN_KEY, ServerProcess, post_json
 from tests.server.test_rag import _call, _upload
-from tests.server.test_stress_differential import PARAGRAPHS, kv_cache_gib
+from tests.server.test_stress_differential import PARAGRAPHS, pool_server
 
 TARGET_BLOCKS = 84
 MAX_TOKENS = 8
@@ -46,14 +46,8 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def chunk_pool_server(tmp_path_factory):
-    env = {"APPLIANCE_KV_CACHE_GIB": f"{kv_cache_gib(TARGET_BLOCKS):.6f}", "APPLIANCE_DTYPE": "float32",
-           "APPLIANCE_DEVICE": "cpu", "APPLIANCE_DEFAULT_MAX_CONCURRENT_REQUESTS": "256"}
-    proc = ServerProcess(tmp_path_factory.mktemp("stress-chunks") / "data", env_extra=env).start()
-    try:
-        proc.wait_ready()
+    with pool_server(tmp_path_factory.mktemp("stress-chunks") / "data", TARGET_BLOCKS) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _tenant_with_pinned_collection(server: ServerProcess, run, name: str) -> str:
