@@ -114,8 +114,8 @@ async def query(request: web.Request) -> web.StreamResponse:
     requested_kv_reuse = kv_reuse_value(body)
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
     collection = body.string("collection")  # checked by _retrieve
-    settings = await asyncio.to_thread(state.need_rag().collection_settings, tenant, collection)
-    kv_reuse = effective_kv_reuse(state, settings, requested_kv_reuse)
+    kv_reuse = requested_kv_reuse or effective_kv_reuse(  # the collection's row only when needed
+        state, await asyncio.to_thread(state.need_rag().collection_settings, tenant, collection))
     with ctx.trace.stage("prompt"):
         prompt = build_rag_prompt(system, hits, question)
         prompt_ids, spans = await asyncio.to_thread(engine.tokenizer.apply_chat_template_with_spans,
