@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     systems, problem = _check_args(args)
     if problem:
         raise UserError(problem)
-    peers_dir = args.peers_dir or Path(os.environ.get("PEERS_DIR") or Path(tempfile.gettempdir()) / "peers")
+    peers_dir = peers_folder(args.peers_dir)
     missing = {s: m for s in systems if (m := missing_peer(s, peers_dir))}
     for system, how in missing.items():
         print(f"{system}: not installed: {how}")
@@ -94,16 +94,21 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], str | None]:
     return systems, None
 
 
+def peers_folder(given: Path | None) -> Path:
+    """Where the peers were built: `given`, else $PEERS_DIR, else <tempdir>/peers."""
+    return given or Path(os.environ.get("PEERS_DIR") or Path(tempfile.gettempdir()) / "peers")
+
+
 def missing_peer(system: str, peers_dir: Path) -> str | None:
     """None when `system` can run; else how to install it."""
-    if system == "vllm" and not all(p.exists() for p in _vllm_paths(peers_dir)):
+    if system == "vllm" and not all(p.exists() for p in vllm_paths(peers_dir)):
         return f"PEERS_DIR={peers_dir} {RECIPES / 'setup_vllm_cpu.sh'}"
     if system == "llama" and not _llama_binary(peers_dir).exists():
         return f"PEERS_DIR={peers_dir} {RECIPES / 'build_llama_server.sh'}"
     return None
 
 
-def _vllm_paths(peers_dir: Path) -> tuple[Path, Path]:
+def vllm_paths(peers_dir: Path) -> tuple[Path, Path]:
     return peers_dir / "vllm-venv" / "bin" / "python", peers_dir / "smollm2-hf" / "config.json"
 
 
@@ -123,7 +128,7 @@ def _measure(system: str, inputs, args: argparse.Namespace, peers_dir: Path) -> 
 
         return measure_offline(inputs, args.quantization, args.dtype)
     if system == "vllm":
-        python, config = _vllm_paths(peers_dir)
+        python, config = vllm_paths(peers_dir)
         return measure_vllm(inputs, python, config.parent, args.vllm_dtype, peers_dir)
     from engine.loader import bundled_model_path
 

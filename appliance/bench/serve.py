@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precompute", action="store_true",
                    help="with --kv-reuse: before the chunks mode's warm-up, store every chunk of the "
                         "collection (POST /admin/chunks/precompute; needs an admin key)")
+    p.add_argument("--vllm", action="store_true",
+                   help="with --kv-reuse: then the same prompts (rebuilt from /v1/rag/retrieve) to vLLM's "
+                        "CPU build, prefix caching on, under the same load (see ../shared/peers/)")
+    p.add_argument("--peers-dir", type=Path, default=None,
+                   help="with --vllm: where the peers were built (default: $PEERS_DIR, else <tempdir>/peers)")
+    p.add_argument("--vllm-dtype", default="bfloat16", choices=["bfloat16", "float32"])
 
 
 @dataclass(slots=True)
@@ -116,22 +122,6 @@ def rag_workload(collection: str, n: int, max_tokens: int, seed: int) -> Workloa
     bodies = [{"query": q, "collection": collection, "max_tokens": max_tokens, "ignore_eos": True,
                "stream": True} for q in rag_questions(n, seed)]
     return Workload("rag", "/v1/rag/query", bodies)
-
-
-def recurring_chunk_bodies(collection: str, n: int, max_tokens: int, seed: int) -> list[dict]:
-    """RAG queries whose chunks recur in changing combinations: gold paragraphs drawn Zipf-popular
-    (weight 1/rank^1.1 over a seeded shuffle), a random question of the paragraph, top_k of 3 to 5."""
-    rows = [json.loads(line) for line in (SQUAD / "questions.jsonl").read_text().splitlines() if line.strip()]
-    by_paragraph: dict[tuple, list[str]] = {}
-    for row in rows:
-        by_paragraph.setdefault((row["doc"], row["paragraph"]), []).append(row["question"])
-    rng = random.Random(seed)
-    paragraphs = sorted(by_paragraph)
-    rng.shuffle(paragraphs)
-    weights = [1.0 / (rank + 1) ** 1.1 for rank in range(len(paragraphs))]
-    picks = rng.choices(paragraphs, weights, k=n)
-    return [{"query": rng.choice(by_paragraph[p]), "collection": collection, "top_k": rng.randint(3, 5),
-             "max_tokens": max_tokens, "ignore_eos": True, "stream": True} for p in picks]
 
 
 # --- one streamed request -------------------------------------------------------------------------
@@ -414,10 +404,14 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--num-requests, --concurrency and --max-tokens must be >= 1"
     if args.request_rate is not None and not args.request_rate > 0:
         return "--request-rate must be > 0"
+    if args.vllm and args.kv_reuse is None:
+        return "--vllm needs --kv-reuse"
     if args.kv_reuse is not None:
         modes = [m.strip() for m in args.kv_reuse.split(",") if m.strip()]
         if args.workload != "rag" or not modes or any(m not in ("prefix", "chunks") for m in modes):
             return "--kv-reuse needs --workload rag and takes modes from: prefix, chunks"
+        if args.vllm and args.url:
+            return "--vllm rebuilds the server's prompts with its default system prompt: leave out --url"
         if not (SQUAD / "questions.jsonl").is_file():
             return f"--kv-reuse draws its questions from {SQUAD}/questions.jsonl, which is missing"
     return None
@@ -430,7 +424,9 @@ async def _bench(args: argparse.Namespace, server: OwnServer | None) -> int:
         print(f"uploaded {await upload_docs(url, key, args.collection)} chunks to '{args.collection}'")
     n, max_tokens = args.num_requests, args.max_tokens
     if args.kv_reuse is not None:
-        return await _bench_kv_reuse(args, url, key)
+        from appliance.bench.serve_kv_reuse import bench_kv_reuse
+
+        return await bench_kv_reuse(args, url, key)
     if args.workload == "rag":
         workload = rag_workload(args.collection, n, max_tokens, args.seed)
     else:
@@ -446,51 +442,6 @@ async def _bench(args: argparse.Namespace, server: OwnServer | None) -> int:
     rows.append(await _phase(f"load: {shape}", url, key, workload, args.concurrency, args.request_rate,
                              args.seed))
     _report(rows, args)
-    return 0 if all(r["failed"] == 0 for r in rows) else 1
-
-
-async def _bench_kv_reuse(args: argparse.Namespace, url: str, key: str) -> int:
-    """Per kv_reuse mode, from a flushed cache: warm-up queries (another draw of the same popular
-    paragraphs, not measured), then the measured ones; both modes get the same queries."""
-    bodies = recurring_chunk_bodies(args.collection, args.num_requests, args.max_tokens, args.seed)
-    warm = recurring_chunk_bodies(args.collection, args.num_requests, args.max_tokens, args.seed + 1000)
-    modes = [m.strip() for m in args.kv_reuse.split(",") if m.strip()]
-    shape = f"Poisson {args.request_rate}/s" if args.request_rate else f"concurrency {args.concurrency}"
-    print(f"workload rag, recurring chunks: {len(bodies)} queries after {len(warm)} warm-up ones, top_k "
-          f"3-5, {args.max_tokens} output tokens each; load: {shape}; modes: {', '.join(modes)}", flush=True)
-    rows = []
-    for mode in modes:
-        await flush_cache(url, key)
-        if mode == "chunks" and args.precompute:
-            done = await admin_post(url, key, "/admin/chunks/precompute", {"collection": args.collection})
-            print(f"precomputed {done['chunks']} chunks ({done['computed_tokens']} tokens) in "
-                  f"{done['seconds']:.1f} s; {done['resident_chunks']} resident", flush=True)
-        await run_load(url, key, Workload("rag", "/v1/rag/query", [{**b, "kv_reuse": mode} for b in warm]),
-                       args.concurrency, None, args.seed)
-        before = await admin_stats(url, key)
-        workload = Workload("rag", "/v1/rag/query", [{**b, "kv_reuse": mode} for b in bodies])
-        concurrency = None if args.request_rate else args.concurrency
-        samples, duration = await run_load(url, key, workload, concurrency, args.request_rate, args.seed)
-        row = summarize(f"kv_reuse {mode}", samples, duration)
-        after = await admin_stats(url, key)
-        grew = {key: after["chunk_cache"][key] - before["chunk_cache"][key]
-                for key in ("hit_tokens", "prefix_hit_tokens", "query_tokens")}
-        row["chunk_hit_tokens"], row["chunk_tokens"] = grew["hit_tokens"], grew["query_tokens"]
-        row["chunk_prefix_hit_tokens"] = grew["prefix_hit_tokens"]
-        row["prompt_tokens_computed"] = (after["totals"]["prompt_tokens_computed"]
-                                         - before["totals"]["prompt_tokens_computed"])
-        print_summary(row)
-        print(f"   chunk tokens moved in {row['chunk_hit_tokens']}, prompt tokens computed "
-              f"{row['prompt_tokens_computed']} of {row['prompt_tokens']}", flush=True)
-        if grew["query_tokens"]:
-            served = grew["hit_tokens"] + grew["prefix_hit_tokens"]
-            print(f"   chunk tokens not computed {served} of {grew['query_tokens']} "
-                  f"({served / grew['query_tokens']:.1%}: moved in, or exact prefix hits)", flush=True)
-        rows.append(row)
-    if len(rows) == 2 and rows[1]["ttft_s"]["p50"]:
-        print(f"\nTTFT p50: {rows[0]['ttft_s']['p50'] / rows[1]['ttft_s']['p50']:.2f}x lower with "
-              f"{modes[1]} than with {modes[0]}")
-    _write_json(rows, args)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
 
 
@@ -530,10 +481,10 @@ def _report(rows: list[dict], args: argparse.Namespace) -> None:
         ratio = load["output_token_throughput"] / peer["output_token_throughput"]
         print(f"\noutput token throughput: {ratio:.2f}x the one-at-a-time peer "
               f"({load['output_token_throughput']:.2f} vs {peer['output_token_throughput']:.2f} tok/s)")
-    _write_json(rows, args)
+    write_json(rows, args)
 
 
-def _write_json(rows: list[dict], args: argparse.Namespace) -> None:
+def write_json(rows: list[dict], args: argparse.Namespace) -> None:
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
                                                              if k not in ("func", "api_key")},

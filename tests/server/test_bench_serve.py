@@ -65,7 +65,8 @@ def test_a_server_that_exits_while_loading_is_reported_with_the_end_of_its_log(r
 def test_recurring_chunk_queries_favour_popular_paragraphs():
     from collections import Counter
 
-    from appliance.bench.serve import SQUAD, recurring_chunk_bodies
+    from appliance.bench.serve import SQUAD
+    from appliance.bench.serve_kv_reuse import recurring_chunk_bodies
 
     if not (SQUAD / "questions.jsonl").is_file():
         pytest.skip("needs ../shared/data/squad-rag")

@@ -395,3 +395,21 @@ def test_a_request_the_engine_ended_before_its_first_token_has_one_engine_stage(
     record = tracing.traces(10)[0]
     assert record["trace_id"] == request.trace_id and record["status"] == 504 and record["error"] == "timeout"
     assert [s["name"] for s in record["spans"]] == ["engine", "respond"]
+
+
+def test_bench_serve_splits_a_query_by_stage_and_rebuilds_the_servers_prompt(app):
+    """What `bench serve --kv-reuse` reads from a server: the median time of each stage of the RAG
+    queries after a moment, and (for its vLLM peer) the very prompt the server built for a query."""
+    from appliance.bench.serve_kv_reuse import stage_medians
+    from appliance.bench.serve_vllm import rag_prompt_ids
+
+    since = time.time()
+    bodies = [{**rag_body(), "top_k": 3}, {**rag_body(), "top_k": 1}]
+    answers = [asyncio.run(_post(app.url, "/v1/rag/query", body)) for body in bodies]
+    assert all(status == 200 for status, _, _ in answers)
+    medians = asyncio.run(stage_medians(app.url, ADMIN_KEY, since))
+    assert list(medians) == [*RAG_STAGES, "respond"] and all(ms > 0 for ms in medians.values())
+    assert asyncio.run(stage_medians(app.url, ADMIN_KEY, time.time())) == {}  # nothing after now
+    rebuilt = asyncio.run(rag_prompt_ids(app.url, ADMIN_KEY, bodies))
+    assert [len(ids) for ids in rebuilt] == [body["usage"]["prompt_tokens"] for _, body, _ in answers]
+    assert len(rebuilt[0]) > len(rebuilt[1])  # three chunks against one
