@@ -1,6 +1,7 @@
 """`appliance eval retrieval`: recall@1/5/10 on the squad-rag set, for each search mode.
 `appliance eval answers`: RAG answers against oracle-context answers (appliance/commands/eval_answers.py).
 `appliance eval kv-reuse`: chunk KV reuse against full recompute (appliance/commands/eval_kv_reuse.py).
+`appliance eval kv-select`: which chunk tokens to recompute, head or most-deviating (eval_kv_select.py).
 
 The documents are ingested into a throw-away data dir with the settings given (the shipped
 defaults unless overridden), then every question is asked; see rag/evaluation.py for what counts
@@ -24,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def register(subparsers: argparse._SubParsersAction) -> None:
     from appliance.commands.eval_answers import register_answers
     from appliance.commands.eval_kv_reuse import register_kv_reuse
+    from appliance.commands.eval_kv_select import register_kv_select
 
     p = subparsers.add_parser("eval", help="evaluate quality (retrieval recall, answers)")
     sub = p.add_subparsers(dest="eval", metavar="WHAT")
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_retrieval)
     register_answers(sub, add_settings_arguments)
     register_kv_reuse(sub)
+    register_kv_select(sub)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 

@@ -93,19 +93,11 @@ def _evaluate(args, dataset: Path, questions, server, results, reference) -> Non
         question_prompts,
     )
     from engine import EngineConfig, LLMEngine
-    from rag import RagService
 
     engine = LLMEngine(EngineConfig(device=args.device, kv_cache_gib=args.kv_cache_gib))
     sampler = engine.sampler = RecordingSampler(engine.sampler)
     system, decode = server.rag_system_prompt, lambda ids: engine.tokenizer.decode(ids).strip()
-    with tempfile.TemporaryDirectory(prefix="appliance-eval-kv-reuse-") as tmp:
-        service = RagService(Path(tmp), device=args.device)
-        try:
-            service.ingest_paths([dataset / "docs"], "eval", "squad-rag")
-            hits = service.retrieve_many("eval", "squad-rag", [q.question for q in questions],
-                                         server.rag_top_k, None)
-        finally:
-            service.close()
+    hits = retrieved(dataset, questions, server.rag_top_k, args.device)
     for start in range(0, len(questions), args.batch):
         batch, batch_hits = questions[start:start + args.batch], hits[start:start + args.batch]
         precompute_chunks(engine, system, [h for q_hits in batch_hits for h in q_hits])
@@ -113,6 +105,20 @@ def _evaluate(args, dataset: Path, questions, server, results, reference) -> Non
         evaluate_batch(engine, sampler, prompts, list(results), args.max_tokens, results, reference, decode)
         engine.flush_prefix_cache()  # the batch's chunks too: the next batch stores its own
         print(f"{start + len(batch)}/{len(questions)} questions", file=sys.stderr, flush=True)
+
+
+def retrieved(dataset: Path, questions, top_k: int, device: str) -> list[list]:
+    """Each question's top-k chunks from the squad-rag documents, ingested with the shipped settings
+    into a throw-away RagService."""
+    from rag import RagService
+
+    with tempfile.TemporaryDirectory(prefix="appliance-eval-kv-") as tmp:
+        service = RagService(Path(tmp), device=device)
+        try:
+            service.ingest_paths([dataset / "docs"], "eval", "squad-rag")
+            return service.retrieve_many("eval", "squad-rag", [q.question for q in questions], top_k, None)
+        finally:
+            service.close()
 
 
 def _rows(results, reference: list[bool]) -> list[dict]:
