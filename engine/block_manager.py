@@ -192,6 +192,10 @@ class BlockManager:
         need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
         return need <= self.num_available_blocks
 
+    def num_appendable_tokens(self, seq: Sequence) -> int:
+        """The most tokens a running sequence can grow by now (can_append holds up to this)."""
+        return (len(seq.block_table) + self.num_available_blocks) * self.block_size - seq.num_computed_tokens
+
     def allocate_prefix(self, seq: Sequence, cached: list[int]) -> int:
         """Attach still-valid prefix hits to a blockless sequence; returns the tokens they cover."""
         assert not seq.block_table and seq.num_computed_tokens == 0

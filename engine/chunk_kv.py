@@ -14,9 +14,11 @@ EPIC's LegoLink); the question and everything not in a reused chunk is computed 
 of the chunk keeps the attention it had where it was stored: that is the approximation, measured in
 docs/benchmarks.md, and why reuse is opt-in per request (`kv_reuse="chunks"`).
 
-The scheduler keeps a sequence's progress a single frontier: when the frontier reaches a reused
-region, the step copies the region in (a `KVMove`, before the forward pass) and computes the tokens
-after it; a chunk finished in an exact context is saved (a `KVSave`, after the forward pass).
+The scheduler keeps a sequence's progress a single frontier. A step covers positions from the
+frontier on: the reused regions among them are copied in (`KVMove`s, before the forward pass) and
+the runs of tokens between them are computed in the same pass, each run an attention row of its
+own over the sequence's blocks, so a prompt of several chunks is prefilled in one step, not one
+step per chunk. A chunk finished in an exact context is saved (a `KVSave`, after the forward pass).
 Blocks holding reused KV are never named as prefix blocks: a prefix hit stays exact.
 """
 
@@ -106,11 +108,27 @@ class KVSave:
 
 @dataclass(slots=True)
 class ChunkOps:
-    """One sequence's chunk work in a step: tokens taken from stored chunks, and chunks to save."""
+    """One sequence's chunk work in a step: tokens taken from stored chunks, and chunks to save.
 
-    num_reused: int = 0  # tokens at the frontier whose KV is moved in, not computed
+    The step covers the sequence's next num_reused + n positions from its frontier: the moves'
+    destinations, and n computed tokens around them (runs of them between chunks: `segments`)."""
+
+    num_reused: int = 0  # tokens of the step's positions whose KV is moved in, not computed
     moves: list[KVMove] = field(default_factory=list)
     saves: list[KVSave] = field(default_factory=list)
+
+    def segments(self, frontier: int, num_computed: int) -> list[tuple[int, int]]:
+        """(start, length) of each run of computed positions, in order."""
+        out, pos = [], frontier
+        end = frontier + self.num_reused + num_computed
+        for move in sorted(self.moves, key=lambda m: m.dst_start):
+            if move.dst_start > pos:
+                out.append((pos, move.dst_start - pos))
+            pos = move.dst_start + move.num_tokens
+        if end > pos:
+            out.append((pos, end - pos))
+        assert sum(n for _, n in out) == num_computed, "moves must lie within the step's positions"
+        return out
 
 
 def slots_of(blocks: tuple[int, ...] | list[int], start: int, num_tokens: int, block_size: int,

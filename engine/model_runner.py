@@ -203,45 +203,58 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch):
         """Token ids, positions, metadata, the rows to sample and their sequences, for one step.
 
-        Positions and slots are computed with tensor ops over the whole step, not token by token.
+        A sequence whose step moves stored chunks in between computed tokens gives one attention row
+        per run of computed tokens (chunk_kv.ChunkOps.segments), all over its block table: a later
+        run attends to the earlier ones, whose K/V each layer stores before it attends. Positions
+        and slots are computed with tensor ops over the whole step, not token by token.
         """
-        seqs, counts = batch.seqs, batch.num_new_tokens
-        starts = [s.num_computed_tokens + batch.num_reused(s) for s in seqs]
-        spans = list(zip(seqs, starts, counts, strict=True))
-        ids = list(chain.from_iterable(s.token_ids[a:a + n] for s, a, n in spans))
+        seqs = batch.seqs
+        rows = _rows(batch)
+        row_seqs = [seqs[i] for i, _, _ in rows]
+        counts = [n for _, _, n in rows]
+        pairs = list(zip(row_seqs, rows, strict=True))
+        ids = list(chain.from_iterable(s.token_ids[a:a + n] for s, (_, a, n) in pairs))
         ends = torch.tensor(counts, dtype=torch.long).cumsum(0)
-        seq_of_token = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(counts))
-        first = torch.tensor(starts, dtype=torch.long) - (ends - torch.tensor(counts))
-        positions = torch.arange(len(ids)) + first[seq_of_token]
-        tables = _block_tables(seqs, torch.device("cpu"))
+        row_of_token = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
+        first = torch.tensor([a for _, a, _ in rows], dtype=torch.long) - (ends - torch.tensor(counts))
+        positions = torch.arange(len(ids)) + first[row_of_token]
+        tables = _block_tables(row_seqs, torch.device("cpu"))
         bs = self.block_size
-        slots = tables[seq_of_token, positions // bs].long() * bs + positions % bs
-        sampled = [i for i, (s, a, n) in enumerate(spans) if a + n == s.num_tokens]
-        self.model.rotary.table(max((a + n for _, a, n in spans), default=0))
+        slots = tables[row_of_token, positions // bs].long() * bs + positions % bs
+        sampled = [k for k, (s, (_, a, n)) in enumerate(pairs) if a + n == s.num_tokens]
+        self.model.rotary.table(max((a + n for _, a, n in rows), default=0))
         dev = self.device
-        meta = self._metadata(batch, tables, slots.to(dev))
+        meta = self._metadata(batch.num_decodes, row_seqs, rows, tables, slots.to(dev))
         return (torch.tensor(ids, dtype=torch.long, device=dev), positions.to(dev), meta,
-                (ends[sampled] - 1).to(dev), [seqs[i] for i in sampled])
+                (ends[sampled] - 1).to(dev), [row_seqs[k] for k in sampled])
 
-    def _metadata(self, batch: ScheduledBatch, tables: torch.Tensor,
-                  slots: torch.Tensor) -> AttentionMetadata:
-        nd = batch.num_decodes
-        seqs, counts = batch.seqs, batch.num_new_tokens
-        lens = torch.tensor([s.num_computed_tokens + batch.num_reused(s) + n
-                             for s, n in zip(seqs, counts, strict=True)], dtype=torch.int32)
-        starts = torch.zeros(len(seqs) - nd + 1, dtype=torch.int32)
-        starts[1:] = torch.tensor(counts[nd:], dtype=torch.int32).cumsum(0)
+    def _metadata(self, nd: int, row_seqs: list[Sequence], rows: list[tuple[int, int, int]],
+                  tables: torch.Tensor, slots: torch.Tensor) -> AttentionMetadata:
+        """`rows`: (sequence index, first position, tokens); the first nd rows are decodes."""
+        lens = torch.tensor([a + n for _, a, n in rows], dtype=torch.int32)
+        starts = torch.zeros(len(rows) - nd + 1, dtype=torch.int32)
+        starts[1:] = torch.tensor([n for _, _, n in rows[nd:]], dtype=torch.int32).cumsum(0)
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=slots, num_decode_tokens=nd,
-            decode_block_tables=_trimmed(tables[:nd], seqs[:nd]).to(dev),
+            decode_block_tables=_trimmed(tables[:nd], row_seqs[:nd]).to(dev),
             decode_seq_lens=lens[:nd].to(dev),
-            prefill_block_tables=_trimmed(tables[nd:], seqs[nd:]).to(dev),
+            prefill_block_tables=_trimmed(tables[nd:], row_seqs[nd:]).to(dev),
             prefill_query_start_loc=starts.to(dev), prefill_seq_lens=lens[nd:].to(dev))
         if self.backend.name == "torch" and not self.kv_int8:
             c = self.model_config
             meta.plan(self.block_size, c.num_heads // c.num_kv_heads, self.dtype, self.backend.plans_decode)
         return meta
+
+
+def _rows(batch: ScheduledBatch) -> list[tuple[int, int, int]]:
+    """The step's attention rows: (sequence index, first position, tokens), decodes first."""
+    rows = []
+    for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+        ops = batch.chunk_ops.get(seq.request_id)
+        segments = ops.segments(seq.num_computed_tokens, n) if ops else [(seq.num_computed_tokens, n)]
+        rows += [(i, a, k) for a, k in segments]
+    return rows
 
 
 def _block_tables(seqs: list[Sequence], device: torch.device) -> torch.Tensor:

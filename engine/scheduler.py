@@ -50,7 +50,7 @@ class ScheduledBatch:
         return not self.seqs
 
     def num_reused(self, seq: Sequence) -> int:
-        """Tokens at seq's frontier whose KV this step moves in from stored chunks (not computed)."""
+        """Tokens of seq's step whose KV is moved in from stored chunks (not computed)."""
         ops = self.chunk_ops.get(seq.request_id)
         return ops.num_reused if ops else 0
 
@@ -184,7 +184,7 @@ class Scheduler:
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             r = batch.num_reused(seq)
             if r:
-                self._moved(seq, seq.num_computed_tokens, seq.num_computed_tokens + r)
+                self._moved(seq, seq.num_computed_tokens, seq.num_computed_tokens + r + n)
             num_prompt_tokens += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens - r))
             seq.num_computed_tokens += r + n
             self.bm.commit_full_blocks(seq)
@@ -212,8 +212,7 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            r = self._reused_at(seq, seq.num_computed_tokens)
-            n = self._fit(seq, self._chunk_len(seq, r, budget), batch, r)
+            r, n = self._fit(seq, *self._step_span(seq, budget), budget, batch)
             if n == 0:
                 continue
             self.bm.allocate_slots(seq, r + n)
@@ -229,29 +228,42 @@ class Scheduler:
                 end = region.end
         return end - frontier
 
-    def _chunk_len(self, seq: Sequence, num_reused: int, budget: int) -> int:
-        """Tokens to compute after the reused ones: up to the budget and the next reuse region."""
-        start = seq.num_computed_tokens + num_reused
-        n = min(seq.num_tokens - start, budget)
-        nxt = next((r.start for r in seq.reuse_regions if r.start > start), None)
-        return n if nxt is None else min(n, nxt - start)
+    def _step_span(self, seq: Sequence, budget: int, room: int | None = None) -> tuple[int, int]:
+        """(tokens moved in, tokens computed) of seq's next step: from its frontier, the tokens
+        between reuse regions computed and the regions moved in, in one step, until `budget`
+        computed tokens or `room` tokens in all. A region goes in only whole and with budget left
+        after it, so the step ends on computed tokens (a prompt's last token is in no chunk)."""
+        pos = seq.num_computed_tokens
+        limit = seq.num_tokens if room is None else min(seq.num_tokens, pos + room)
+        moved = computed = 0
+        for region in seq.reuse_regions:
+            if region.start < pos:
+                continue
+            take = min(min(region.start, limit) - pos, budget - computed)
+            computed, pos = computed + take, pos + take
+            if pos < region.start or computed == budget or region.end > limit:
+                return moved, computed
+            moved, pos = moved + region.end - region.start, region.end
+        return moved, computed + min(limit - pos, budget - computed)
 
-    def _fit(self, seq: Sequence, n: int, batch: ScheduledBatch, num_reused: int = 0) -> int:
-        """Shrink a prefill chunk to the free blocks, or preempt the newest until seq fits (with
-        room for the `num_reused` tokens moved in before it)."""
-        while not self.bm.can_append(seq, num_reused + n):
-            room = (len(seq.block_table) + self.bm.num_available_blocks) * self.bm.block_size
-            if room - seq.num_computed_tokens - num_reused >= 1 and n > 1:
-                return room - seq.num_computed_tokens - num_reused
+    def _fit(self, seq: Sequence, r: int, n: int, budget: int, batch: ScheduledBatch) -> tuple[int, int]:
+        """Shrink a step (r tokens moved in, n computed) to the free blocks, or preempt the newest
+        until seq fits; (0, 0) when seq itself was preempted or given up."""
+        while not self.bm.can_append(seq, r + n):
+            room = self.bm.num_appendable_tokens(seq)
+            if n > 1 and room >= 1:
+                shrunk = self._step_span(seq, budget, room)
+                if shrunk[1] >= 1:
+                    return shrunk
             if self.running == [seq]:  # alone and still no room: it can never fit
                 self._give_up(seq, batch)
-                return 0
+                return 0, 0
             victim = self._pick_victim(seq, batch)
             self._preempt(victim)
             batch.preempted.append(victim)
             if victim is seq:
-                return 0
-        return n
+                return 0, 0
+        return r, n
 
     def _give_up(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
@@ -301,8 +313,8 @@ class Scheduler:
         if seq.num_preemptions == 0:
             seq.num_cached_tokens = seq.num_computed_tokens
             self._count_chunk_tokens(seq)
-        r = self._plan_chunks(seq, n)
-        n = self._chunk_len(seq, r, n)
+        self._plan_chunks(seq, n)
+        r, n = self._step_span(seq, n, self.bm.num_appendable_tokens(seq))
         self.bm.allocate_slots(seq, r + n)
         seq.status = SequenceStatus.RUNNING
         if seq.first_scheduled_time is None:
@@ -319,10 +331,10 @@ class Scheduler:
             self.bm.num_chunk_prefix_hit_tokens += sum(max(0, min(end, hit) - start)
                                                        for start, end in seq.chunk_spans)
 
-    def _plan_chunks(self, seq: Sequence, n: int) -> int:
-        """Hold the stored chunks seq's prompt can reuse and list the ones it will save; returns the
-        tokens reused at its frontier now. A chunk is reused only while the blocks this step needs
-        (n computed, plus what is reused at once) stay available.
+    def _plan_chunks(self, seq: Sequence, n: int) -> None:
+        """Hold the stored chunks seq's prompt can reuse and list the ones it will save. A chunk is
+        reused only while the blocks its first step needs (n computed, plus the chunks at its
+        frontier) stay available.
 
         A chunk is reused from its k-th token on whether or not a prefix hit covers some of its head,
         so which tokens are moved in depends on the prompt and the stored chunks, not on what other
@@ -342,7 +354,6 @@ class Scheduler:
                 seq.reuse_regions.append(ReuseRegion(first, end, entry, first - start, num_recomputed))
                 if not self.bm.can_append(seq, self._reused_at(seq, frontier) + n):
                     self.bm.release(seq.reuse_regions.pop().entry.block_ids)
-        return self._reused_at(seq, frontier)
 
     def _candidates(self) -> list[_Candidate]:
         """Per group, its first waiting requests with their cache hits, in the group's order."""
@@ -399,11 +410,11 @@ class Scheduler:
             batch.num_new_tokens.append(n)
 
     def _chunk_ops(self, seq: Sequence, num_reused: int, n: int) -> ChunkOps | None:
-        """The moves of the regions at seq's frontier, and the saves of chunks this step completes."""
+        """The moves of the regions this step covers, and the saves of chunks this step completes."""
         start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_reused + n
         moves = [KVMove(r.entry.block_ids, r.offset, r.start, r.end - r.start,
                         r.start - r.offset - r.entry.base_position)
-                 for r in seq.reuse_regions if start <= r.start < start + num_reused]
+                 for r in seq.reuse_regions if start <= r.start < end]
         saves = []
         for span in [s for s in seq.unsaved_spans if s[1] <= end]:
             seq.unsaved_spans.remove(span)

@@ -139,6 +139,24 @@ def test_chunks_reused_in_another_order_and_position(engine, monkeypatch):
     assert len(hits) * engine.config.block_size <= spans_swapped[0][0] + 4
 
 
+def test_a_prompt_of_several_stored_chunks_is_prefilled_in_one_step(engine):
+    """Its three chunks are moved in and the runs of tokens between them computed in one forward
+    pass (an attention row per run), so the first token comes after one step; before, every chunk
+    cost the prompt a step of its own (four here), each waiting behind the whole batch."""
+    engine.scheduler.chunk_recompute_tokens = 4
+    p = pieces(engine)
+    ids, spans = prompt_of(p, ["a", "b", "c"])
+    run(engine, "store", ids, ChunkSpec(spans, "chunks"))
+    swapped, spans_swapped = prompt_of(p, ["c", "a", "b"])
+    engine.add_request("reuse", swapped, GREEDY, chunks=ChunkSpec(spans_swapped, "chunks"))
+    first = engine.step()
+    engine.scheduler.check_invariants()
+    assert [len(out.token_ids) for out in first if out.request_id == "reuse"] == [1]
+    assert engine.stats().chunk_hit_tokens == sum(e - s - 4 for s, e in spans_swapped)
+    while engine.has_unfinished():
+        engine.step()
+
+
 def test_tenants_share_chunk_kv_only_for_public_chunks(engine):
     engine.scheduler.chunk_recompute_tokens = 4
     p = pieces(engine)

@@ -4,9 +4,11 @@ The companion of test_stress_differential.py for `kv_reuse: "chunks"`. Reused ch
 approximation, so an answer is only reproducible when the KV it reuses is: here each tenant's
 collection is precomputed with `"pin": true`, so every chunk a query retrieves is moved in from the
 same stored blocks, alone or in a crowd. Then the pool is made small (the pinned chunks of two
-tenants take about half of it, one RAG prompt a quarter) and 48 queries arrive at once: admissions
-evict cached blocks, decodes preempt running sequences, and preempted ones plan their chunk moves
-again. A held or pinned chunk evicted under a running request, a move to the wrong position or
+tenants take 32 of its 60 blocks, two RAG prompts with their answers about fill the rest) and 48
+queries arrive at once: admissions evict cached blocks, decodes preempt running sequences, and
+preempted ones plan their chunk moves again. (A prompt's chunks are moved in within its first step,
+so the pool fills at admission; the answers are long enough to need blocks while decoding.) A held
+or pinned chunk evicted under a running request, a move to the wrong position or
 a block named for the prefix cache while it holds moved KV would all change answers.
 """
 
@@ -24,8 +26,8 @@ from tests.server.helpers import ADMIN_KEY, ServerProcess, post_json
 from tests.server.test_rag import _call, _upload
 from tests.server.test_stress_differential import PARAGRAPHS, pool_server
 
-TARGET_BLOCKS = 84
-MAX_TOKENS = 8
+TARGET_BLOCKS = 60
+MAX_TOKENS = 24
 REPEATS_PER_TENANT = 2
 STRESS_TIMEOUT_S = 300
 QUESTIONS = [
