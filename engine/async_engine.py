@@ -25,6 +25,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,13 @@ class AsyncEngine:
         """Whether a chunk of these tokens is stored under `salt` (kv_reuse "chunks")."""
         with self.lock:
             return self.engine.block_manager.lookup_chunk(salt, token_ids) is not None
+
+    def num_cached_tokens(self, token_ids: list[int], salt: str = "", public_prefix_len: int = 0) -> int:
+        """Leading tokens of a prompt whose KV the prefix cache holds now (whole blocks)."""
+        probe = Sequence("probe", list(token_ids), len(token_ids), SamplingParams(max_tokens=1), salt=salt,
+                         public_prefix_len=public_prefix_len)
+        with self.lock:
+            return len(self.engine.block_manager.lookup_prefix(probe)) * self.engine.config.block_size
 
     def pin_chunk(self, salt: str, token_ids: list[int]) -> int:
         """Pin a stored chunk until unpin_all; returns blocks newly pinned (0: not stored)."""

@@ -28,6 +28,7 @@ from appliance.server.generation import Job, admitted, run_job, usage_dict, vali
 from appliance.server.openai_params import parse_sampling
 from appliance.server.params import Body, read_json, too_large
 from appliance.server.quality_stats import note_answer, note_retrieval
+from appliance.server.rag_warmup import start_warmup
 from appliance.server.sse import SseWriter
 from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
 from appliance.server.store import valid_name
@@ -112,6 +113,8 @@ async def query(request: web.Request) -> web.StreamResponse:
         body.data["temperature"] = 0.0  # grounded answers: greedy unless asked otherwise
     tenant = principal_of(request).tenant
     requested_kv_reuse = kv_reuse_value(body)
+    if system == state.config.rag_system_prompt:  # public: computed while retrieval runs if not cached
+        start_warmup(engine, system, tenant, ctx.request_id)
     question, hits = await _retrieve(state, tenant, body, state.config.rag_top_k)
     collection = body.string("collection")  # checked by _retrieve
     kv_reuse = requested_kv_reuse or effective_kv_reuse(  # the collection's row only when needed

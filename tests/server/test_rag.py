@@ -230,3 +230,21 @@ def test_precomputed_chunks_serve_the_first_query(server, run):
     status, err = run(_call("POST", f"{server.url}/admin/chunks/precompute", ADMIN_KEY,
                             {"tenant": "dave", "collection": "nope"}))
     assert assert_openai_error(status, err, 404)["param"] == "collection"
+
+
+def test_a_cold_system_prompt_is_computed_while_retrieval_runs(server, run, alice):
+    """After a flush nothing is cached, yet the query finds the operator's system prompt cached: a
+    warm-up request computed it while the question was embedded and searched (before, the first
+    query after a flush computed its whole prompt). Once cached, no warm-up request is made."""
+    stats = lambda: server.get_json("/admin/stats")  # noqa: E731
+    assert run(_call("POST", f"{server.url}/admin/cache/flush", ADMIN_KEY, {}))[0] == 200
+    before = stats()["requests"]["finished"].get("length", 0)
+    body = {"query": QUESTION, "collection": "kb", "top_k": 1, "max_tokens": 2, "ignore_eos": True}
+    status, answer = run(_call("POST", f"{server.url}/v1/rag/query", alice["key"], body))
+    assert status == 200, answer
+    cached = answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 32 and cached % 16 == 0, answer["usage"]  # whole blocks of the system prompt
+    after = stats()["requests"]["finished"].get("length", 0)
+    assert after - before == 2  # the query and its warm-up
+    status, _ = run(_call("POST", f"{server.url}/v1/rag/query", alice["key"], {**body, "top_k": 2}))
+    assert status == 200 and stats()["requests"]["finished"].get("length", 0) - after == 1
