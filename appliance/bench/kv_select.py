@@ -282,6 +282,7 @@ class Evaluation:
                     self._score(self.results[(selection, share)], ids, reuse, computed, chooser, ref_tokens,
                                 ref_logprobs, answers)
 
+    @torch.no_grad()
     def _score(self, result: SelectionResult, ids: list[int], reuse: Reuse, computed: torch.Tensor | None,
                chooser: Chooser | None, ref_tokens: list[int], ref_logprobs: list[torch.Tensor],
                answers: tuple[str, ...]) -> None:

@@ -53,3 +53,15 @@ def test_cli_bad_input_is_one_line_and_nonzero(args, message):
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--shares", "0.1,x"], "--shares takes comma-separated numbers"), (["--shares", "1.5"], "from 0 to 1"),
+     (["--selections", "head,random"], "--selections takes head, deviation")],
+)
+def test_kv_select_bad_input_is_one_line_and_nonzero(args, message):
+    result = appliance("eval", "kv-select", *args)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
