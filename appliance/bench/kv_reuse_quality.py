@@ -39,14 +39,19 @@ class QuestionPrompt:
 
 
 @dataclass(slots=True)
-class ModeResult:
-    recompute: int  # chunk_recompute_tokens
+class Agreement:
+    """Next-token agreement with full recompute, summed over teacher-forced answer positions."""
+
     num_positions: int = 0
     kl_sum: float = 0.0
     num_top1: int = 0
-    correct: list[bool] = field(default_factory=list)
-    prompt_tokens: int = 0
-    chunk_hit_tokens: int = 0
+
+    def add(self, reference: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+        """One answer's log-probabilities, the reference's and the approximation's, position by position."""
+        kl, top1, n = kl_and_top1(reference, other)
+        self.kl_sum += kl
+        self.num_top1 += top1
+        self.num_positions += n
 
     @property
     def kl(self) -> float:
@@ -55,6 +60,14 @@ class ModeResult:
     @property
     def top1(self) -> float:
         return self.num_top1 / self.num_positions if self.num_positions else math.nan
+
+
+@dataclass(slots=True)
+class ModeResult(Agreement):
+    recompute: int = 0  # chunk_recompute_tokens
+    correct: list[bool] = field(default_factory=list)
+    prompt_tokens: int = 0
+    chunk_hit_tokens: int = 0
 
     @property
     def chunk_share(self) -> float:
@@ -156,9 +169,7 @@ def evaluate_batch(engine: LLMEngine, sampler: RecordingSampler, prompts: list[Q
         sampler.forced = {}
         for p in prompts:
             if ref_tokens[p.qid]:
-                kl, top1, n = kl_and_top1(ref_logprobs[p.qid], sampler.logprobs.pop(f"forced-{k}/{p.qid}"))
-                result.kl_sum, result.num_top1, result.num_positions = (
-                    result.kl_sum + kl, result.num_top1 + top1, result.num_positions + n)
+                result.add(ref_logprobs[p.qid], sampler.logprobs.pop(f"forced-{k}/{p.qid}"))
         free = run_pass(engine, prompts, f"free-{k}", "chunks", max_tokens)
         result.correct += [contains_gold(decode(free[p.qid]), list(p.answers)) for p in prompts]
         result.prompt_tokens += 2 * sum(len(p.ids) for p in prompts)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from appliance.bench.kv_reuse_quality import Agreement
 from engine.chunk_kv import rotate_keys
 from engine.model import LlamaForCausalLM, apply_rotary
 from rag.answer_score import contains_gold
@@ -226,24 +227,13 @@ def deviation_chooser(num_chosen: int) -> Chooser:
 
 # --- the evaluation -----------------------------------------------------------------------------------
 @dataclass(slots=True)
-class SelectionResult:
+class SelectionResult(Agreement):
     """One selection at one share, summed over questions."""
 
-    selection: str
-    share: float
-    num_positions: int = 0
-    kl_sum: float = 0.0
-    num_top1: int = 0
+    selection: str = "head"
+    share: float = 0.0
     compute_share_sum: float = 0.0
     correct: list[bool] = field(default_factory=list)
-
-    @property
-    def kl(self) -> float:
-        return self.kl_sum / self.num_positions if self.num_positions else math.nan
-
-    @property
-    def top1(self) -> float:
-        return self.num_top1 / self.num_positions if self.num_positions else math.nan
 
     @property
     def compute_share(self) -> float:
@@ -293,10 +283,7 @@ class Evaluation:
             computed = torch.cat([computed, torch.ones(extra, dtype=torch.bool)])
         state = prefill(self.model, ids + ref_tokens[:-1], with_answer(reuse, extra), computed, chooser,
                         num_last=len(ref_tokens))
-        ref, other = torch.stack(ref_logprobs), self.model.compute_logits(state.last_hidden).log_softmax(-1)
-        result.kl_sum += float((ref.exp() * (ref - other)).sum())
-        result.num_top1 += int((ref.argmax(-1) == other.argmax(-1)).sum())
-        result.num_positions += ref.shape[0]
+        result.add(ref_logprobs, list(self.model.compute_logits(state.last_hidden).log_softmax(-1)))
         free, _ = decode(self.model, prompt_part(state, len(ids)), self.max_tokens, self.eos)
         result.correct.append(contains_gold(self.text(free), answers))
         result.compute_share_sum += state.compute_share

@@ -73,7 +73,7 @@ def run_kv_reuse(args: argparse.Namespace) -> int:
     if not questions:
         raise UserError(f"no questions in split {args.split!r}")
     server = ServerConfig()
-    results = {k: ModeResult(k) for k in recomputes}
+    results = {k: ModeResult(recompute=k) for k in recomputes}
     reference: list[bool] = []
     started = time.perf_counter()
     _evaluate(args, dataset, questions, server, results, reference)

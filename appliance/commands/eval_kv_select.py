@@ -76,7 +76,7 @@ def run_kv_select(args: argparse.Namespace) -> int:
     hits = retrieved(dataset, questions, server.rag_top_k, "cpu")
     engine = LLMEngine(EngineConfig(device="cpu", dtype=args.dtype, kv_cache_gib=0.05))
     tokenizer, system = engine.tokenizer, server.rag_system_prompt
-    results = {(s, share): SelectionResult(s, share) for share in shares for s in selections}
+    results = {(s, share): SelectionResult(selection=s, share=share) for share in shares for s in selections}
     evaluation = Evaluation(engine.runner.model, tokenizer.eos_token_ids,
                             lambda ids: tokenizer.decode(ids).strip(), args.max_tokens, results)
     started = time.perf_counter()

@@ -76,7 +76,7 @@ def test_with_every_token_chosen_both_selections_are_full_recompute(smol):
     p, model = pieces(smol), smol.runner.model
     stored_ids, stored_spans = prompt_of(p, ["a", "b"])
     ids, spans = prompt_of(p, ["b", "a"])
-    results = {(s, 1.0): SelectionResult(s, 1.0) for s in ("head", "deviation")}
+    results = {(s, 1.0): SelectionResult(selection=s, share=1.0) for s in ("head", "deviation")}
     evaluation = Evaluation(model, frozenset(), lambda t: " ".join(map(str, t)), 6, results)
     for span in stored_spans:
         evaluation.store(stored_ids, span)

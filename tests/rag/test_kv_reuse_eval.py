@@ -36,7 +36,7 @@ def test_full_recompute_agrees_and_reuse_moves_chunks(open_service):
     assert engine.stats().chunk_blocks > 0
     prompts = question_prompts(engine, SYSTEM, questions, hits)
     assert [len(p.spans) for p in prompts] == [3]
-    results, reference = {k: ModeResult(k) for k in (10_000, 0)}, []
+    results, reference = {k: ModeResult(recompute=k) for k in (10_000, 0)}, []
     evaluate_batch(engine, sampler, prompts, list(results), 4, results, reference,
                    lambda ids: engine.tokenizer.decode(ids).strip())
     full, reuse = results[10_000], results[0]
