@@ -58,5 +58,7 @@ def test_int8_cache_error_stays_near_bf16_cache_error(paged_cache, int8_cache):
     scale = truth.abs().max()
     bf16_error = float((bf16 - truth).abs().max() / scale)
     int8_error = float((int8 - truth).abs().max() / scale)
-    assert 0 < bf16_error < 5e-3
-    assert 0 < int8_error < 2e-2
+    # Over 2,000 seeds the worst was 7.6e-3 (bf16) and 2.6e-2 (int8); the old bounds, 5e-3 and 2e-2,
+    # failed 10 seeds in 400 (the inputs are fresh each run: fresh_seed).
+    assert 0 < bf16_error < 1.5e-2
+    assert 0 < int8_error < 5e-2
