@@ -20,11 +20,16 @@ from appliance.cli import UserError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def register_kv_reuse(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("kv-reuse", help="chunk KV reuse vs full recompute: KL, top-1, answers")
+def add_question_arguments(a: argparse.ArgumentParser) -> None:
+    """The squad-rag questions an eval of chunk reuse runs on: dataset, split and how many."""
     a.add_argument("--data", type=Path, help="dataset dir (default: ../shared/data/squad-rag by the repo)")
     a.add_argument("--split", default="heldout", help="tune or heldout (default: heldout)")
     a.add_argument("--limit", type=int, default=200, help="questions of the split (default 200)")
+
+
+def register_kv_reuse(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("kv-reuse", help="chunk KV reuse vs full recompute: KL, top-1, answers")
+    add_question_arguments(a)
     a.add_argument("--recompute", default="0,16,32",
                    help="chunk_recompute_tokens settings, comma-separated (default 0,16,32)")
     a.add_argument("--max-tokens", type=int, default=32, help="answer length cap (default 32)")

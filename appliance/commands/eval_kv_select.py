@@ -17,16 +17,14 @@ import time
 from pathlib import Path
 
 from appliance.cli import UserError
-from appliance.commands.eval_kv_reuse import REPO_ROOT, retrieved
+from appliance.commands.eval_kv_reuse import REPO_ROOT, add_question_arguments, retrieved
 
 MAX_STORED = 400  # stored chunks kept between questions (~6 MB each for the bundled model in fp32)
 
 
 def register_kv_select(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("kv-select", help="recompute each chunk's head or its most-deviating tokens")
-    a.add_argument("--data", type=Path, help="dataset dir (default: ../shared/data/squad-rag by the repo)")
-    a.add_argument("--split", default="heldout", help="tune or heldout (default: heldout)")
-    a.add_argument("--limit", type=int, default=200, help="questions of the split (default 200)")
+    add_question_arguments(a)
     a.add_argument("--shares", default="0.05,0.15,0.3",
                    help="shares of each chunk computed again, comma-separated (default 0.05,0.15,0.3)")
     a.add_argument("--selections", default="head,deviation", help="comma-separated, of head, deviation")
