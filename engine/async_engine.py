@@ -256,12 +256,18 @@ class AsyncEngine:
         with self.lock:
             return self.engine.block_manager.lookup_chunk(salt, token_ids) is not None
 
-    def num_cached_tokens(self, token_ids: list[int], salt: str = "", public_prefix_len: int = 0) -> int:
-        """Leading tokens of a prompt whose KV the prefix cache holds now (whole blocks)."""
+    def num_cached_tokens(self, token_ids: list[int], salt: str = "", public_prefix_len: int = 0,
+                          blocking: bool = True) -> int | None:
+        """Leading tokens of a prompt whose KV the prefix cache holds now (whole blocks); None when
+        not `blocking` and the engine is in the middle of a step (it holds the lock for the step)."""
         probe = Sequence("probe", list(token_ids), len(token_ids), SamplingParams(max_tokens=1), salt=salt,
                          public_prefix_len=public_prefix_len)
-        with self.lock:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        try:
             return len(self.engine.block_manager.lookup_prefix(probe)) * self.engine.config.block_size
+        finally:
+            self.lock.release()
 
     def pin_chunk(self, salt: str, token_ids: list[int]) -> int:
         """Pin a stored chunk until unpin_all; returns blocks newly pinned (0: not stored)."""

@@ -33,11 +33,13 @@ def start_warmup(engine, system: str, tenant: str, request_id: str) -> asyncio.T
 
 
 async def _warm(engine, ids: list[int], tenant: str, request_id: str) -> bool:
-    """Whether it computed the prompt. The cache is looked up on a worker thread: the engine holds
-    its lock for a whole step, and the query must not wait for that."""
+    """Whether it computed the prompt. The cache is looked up only when the engine is between steps
+    (it holds its lock for a whole step): no query waits for it, and no worker thread is taken
+    from retrieval. A busy engine is serving others, so its system prompt is cached anyway."""
     full = len(ids) // engine.block_size * engine.block_size
     try:
-        if full == 0 or await asyncio.to_thread(engine.num_cached_tokens, ids, tenant, len(ids)) >= full:
+        cached = engine.num_cached_tokens(ids, tenant, len(ids), blocking=False) if full else None
+        if cached is None or cached >= full:
             return False
         params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
         async for _ in engine.generate(request_id, ids, params, tenant, len(ids)):
