@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from appliance.server.errors import ApiError, not_found
+from appliance.server.model_routes import models_overview
 from appliance.server.params import read_json
 from appliance.server.state import AppState, ctx_of, principal_of, state_of
 from appliance.server.store import ROLES, StoreError, UnknownTenantError
@@ -54,6 +55,7 @@ def build_stats(state: AppState, s, usage: dict, fp) -> dict:
         "admission": state.admission.snapshot(),
         "cost": state.cost.snapshot(),
         "quality": state.metrics.quality.snapshot(),
+        "models": models_overview(state),
     }
 
 
@@ -166,8 +168,11 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def flush_cache(request: web.Request) -> web.Response:
-    engine = state_of(request).need_engine()
-    flushed = await asyncio.to_thread(engine.flush_prefix_cache)
+    state = state_of(request)
+    state.need_engine()
+    flushed = 0
+    for engine in state.engines:  # each loaded model version has its own cache
+        flushed += await asyncio.to_thread(engine.flush_prefix_cache)
     return web.json_response({"flushed_blocks": flushed})
 
 
@@ -209,8 +214,12 @@ def _pin_params():
 
 
 async def unpin_all(request: web.Request) -> web.Response:
-    engine = state_of(request).need_engine()
-    return web.json_response({"unpinned_blocks": await asyncio.to_thread(engine.unpin_all)})
+    state = state_of(request)
+    state.need_engine()
+    unpinned = 0
+    for engine in state.engines:
+        unpinned += await asyncio.to_thread(engine.unpin_all)
+    return web.json_response({"unpinned_blocks": unpinned})
 
 
 async def pause(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from appliance.server import (
     admin_routes,
     chunk_routes,
     collection_routes,
+    model_routes,
     openai_routes,
     rag_routes,
     trace_routes,
@@ -22,9 +23,11 @@ from appliance.server import (
 from appliance.server.admin_routes import server_status
 from appliance.server.alert_routes import alerting, list_alerts
 from appliance.server.config import ServerConfig
+from appliance.server.fleet import Fleet
 from appliance.server.gateway import gateway
 from appliance.server.metering import metering
 from appliance.server.metrics import kv_footprint_families, render_families
+from appliance.server.model_registry import ModelRegistry
 from appliance.server.openapi import openapi_document
 from appliance.server.state import STATE, AppState, state_of
 from appliance.server.store import ControlStore
@@ -56,7 +59,8 @@ async def metrics(request: web.Request) -> web.Response:
     stats = await state.engine.get_stats()
     footprint = await asyncio.to_thread(state.engine.kv_footprint)
     text = state.metrics.render(stats, state.admission.num_queued) + render_families(
-        [*kv_footprint_families(footprint), *state.cost.metric_families()])
+        [*kv_footprint_families(footprint), *state.cost.metric_families(),
+         *model_routes.version_families(state)])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -102,6 +106,16 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/admission/pause", admin_routes.pause)
     r.add_post("/admin/admission/resume", admin_routes.resume)
     r.add_get("/admin/audit", admin_routes.audit)
+    r.add_get("/admin/models", model_routes.list_models)
+    r.add_post("/admin/models", model_routes.add_model)
+    r.add_post("/admin/models/promote", model_routes.promote)
+    r.add_post("/admin/models/rollback", model_routes.rollback)
+    r.add_put("/admin/models/rules", model_routes.set_rules)
+    r.add_put("/admin/models/access", model_routes.set_access)
+    r.add_get("/admin/models/{name}", model_routes.get_model)
+    r.add_post("/admin/models/{name}/canary", model_routes.set_canary)
+    r.add_post("/admin/models/{name}/promote", model_routes.promote)
+    r.add_post("/admin/models/{name}/retire", model_routes.retire)
     r.add_get("/admin/alerts", list_alerts)
     r.add_get("/admin/traces", trace_routes.traces)
     r.add_post("/admin/tracing", trace_routes.set_tracing)
@@ -122,34 +136,28 @@ def create_app(config: ServerConfig, store: ControlStore | None = None) -> web.A
 
 
 async def load_components(state: AppState) -> None:
-    """Load the retrieval service and the model side by side in worker threads, then start the engine."""
-    from engine import AsyncEngine, EngineConfig
+    """Load the retrieval service and the live model version side by side, then serve; the canary and
+    a version kept for rollback come back in the background (see fleet)."""
     from rag import RagService
 
     cfg = state.config
-    engine_config = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                 quantization=cfg.quantization,
-                                 kv_cache_gib=cfg.kv_cache_gib, max_num_seqs=cfg.max_num_seqs,
-                                 max_num_batched_tokens=cfg.max_num_batched_tokens,
-                                 chunk_recompute_tokens=cfg.chunk_recompute_tokens)
+    fleet = Fleet(cfg, ModelRegistry(state.store), state.version_metrics)
     rag_task = asyncio.create_task(asyncio.to_thread(RagService, cfg.data_path, cfg.qdrant_url))
     try:
-        engine = await asyncio.to_thread(AsyncEngine.from_config, engine_config)
+        await fleet.start()
     except BaseException:
         rag_task.add_done_callback(_close_rag_result)
+        await fleet.close()
         raise
     try:
         rag = await rag_task
     except BaseException:
-        await asyncio.to_thread(engine.shutdown)
+        await fleet.close()
         raise
-    engine.start()
-    stats = engine.stats()
-    state.context_limit = engine.context_limit
-    state.model_name = engine.model_name
-    state.engine, state.rag = engine, rag
-    log.info("ready: model %s, %d KV blocks of %d tokens", state.model_name, stats.num_blocks,
-             stats.block_size)
+    state.fleet, state.rag = fleet, rag
+    stats = state.need_engine().stats()
+    log.info("ready: model %s (version %s), %d KV blocks of %d tokens", state.model_name,
+             fleet.live_version().name, stats.num_blocks, stats.block_size)
 
 
 def _close_rag_result(task: asyncio.Task) -> None:

@@ -30,6 +30,18 @@ class ServerConfig:
     dtype: str = "auto"
     quantization: str = "none"        # weights: none | auto (what the checkpoint carries) | int8 | int4
     qdrant_url: str | None = None     # None = embedded Qdrant Edge under data_dir
+    # Model versions (see appliance/server/fleet.py): the name the configured model gets on a first
+    # start; the memory all loaded versions share (weights + KV pools; 0 = 80% of the machine's);
+    # how long a replaced live version stays loaded for a rollback.
+    model_version: str = "v1"
+    model_memory_gib: float = 0.0
+    model_rollback_grace_s: float = 600.0
+    # The canary's objective over a sliding window (0 turns a bound off): broken, it is rolled back.
+    canary_window_s: float = 60.0
+    canary_min_requests: int = 20
+    canary_max_error_rate: float = 0.05
+    canary_max_ttft_p90_s: float = 0.0
+    canary_check_interval_s: float = 2.0
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
@@ -114,6 +126,17 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_upload_inflight_bytes < self.max_upload_bytes:
             raise ConfigError("max_upload_inflight_bytes must be >= max_upload_bytes (one upload must fit)")
+        for name in ("model_memory_gib", "model_rollback_grace_s", "canary_max_error_rate",
+                     "canary_max_ttft_p90_s", "canary_min_requests"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        from appliance.server.store import valid_name
+
+        if not valid_name(self.model_version):
+            raise ConfigError(f"model_version must be a simple name (letters, digits, '.', '_', '-'), "
+                              f"got {self.model_version!r}")
+        if not (self.canary_window_s > 0 and self.canary_check_interval_s > 0):
+            raise ConfigError("canary_window_s and canary_check_interval_s must be positive")
         if self.drain_timeout_s < 0:
             raise ConfigError("drain_timeout_s must be >= 0")
         if self.model is not None and not Path(self.model).exists():

@@ -11,6 +11,7 @@ waits (bounded) until every row handed over before it is written, so admin reads
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -118,6 +119,7 @@ async def _handle(request: web.Request, handler, ctx: RequestContext,
     if not response.prepared:
         response.headers["x-request-id"] = ctx.request_id
         response.headers.update(ctx.trace.headers())
+        response.headers.update(ctx.version_headers())
     return response
 
 
@@ -127,7 +129,9 @@ async def _audit(state: AppState, request: web.Request, ctx: RequestContext, sta
     entry = AuditEntry(ctx.tenant, ctx.principal.key_id if ctx.principal else None, request.method, route,
                        status, ctx.request_id, (time.monotonic() - ctx.started) * 1000.0, ctx.prompt_tokens,
                        ctx.cached_tokens, ctx.completion_tokens, ctx.error_code, ctx.prompt,
-                       trace_id=ctx.trace.trace_id)
+                       detail=json.dumps(ctx.audit_detail, sort_keys=True) if ctx.audit_detail else None,
+                       trace_id=ctx.trace.trace_id,
+                       model_version=ctx.version.name if ctx.version is not None else None)
     try:
         await state.control.record(entry, ctx.counts_usage)
     except Exception:  # the audit must never turn a served request into an error

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from appliance.server.admission import Ticket
 from appliance.server.errors import ApiError, bad_request, timed_out
+from appliance.server.fleet import Resident
 from appliance.server.limits import caps_for, quota_error
 from appliance.server.state import AppState, RequestContext
 from appliance.server.tracing import EngineTimes
@@ -39,15 +40,16 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     salt: str
+    served: Resident  # the model version the request was routed to
     prompt_param: str = "messages"  # the field named in context-length errors
     public_prefix_len: int = 0  # leading tokens shared across tenants in the prefix cache
     chunks: ChunkSpec | None = None  # retrieved chunks in the prompt, and whether to reuse their KV
 
 
-def validate_job(state: AppState, job: Job) -> None:
+def validate_job(job: Job) -> None:
     """Refuse, as a 400, what the engine would refuse (context length, token ids, params)."""
     try:
-        state.need_engine().validate(job.request_id, job.prompt_ids, job.params)
+        job.served.engine.validate(job.request_id, job.prompt_ids, job.params)
     except InvalidRequestError as exc:
         raise _invalid(exc, job) from None
 
@@ -74,7 +76,7 @@ def admitted(state: AppState, ctx: RequestContext, job: Job) -> Iterator[Ticket]
 async def run_job(state: AppState, ctx: RequestContext, job: Job, ticket: Ticket
                   ) -> AsyncIterator[RequestOutput]:
     """Yield the engine's outputs; raises ApiError when the engine or the server ends the request."""
-    engine = state.need_engine()
+    engine = job.served.engine
     tracker = _Tracker(EngineTimes(time.monotonic()))
     ctx.counts_usage = True
     weight = ctx.tenant_row.weight if ctx.tenant_row is not None else 1.0
@@ -160,8 +162,11 @@ class _Tracker:
     def finish(self, state: AppState, ctx: RequestContext) -> None:
         started = self.times.submitted
         ttft = None if self.first_token_at is None else self.first_token_at - started
-        state.metrics.observe_request(ttft, time.monotonic() - started, self.queue_time,
-                                      self.num_output_tokens, self.finish_reason)
+        e2e = time.monotonic() - started
+        state.metrics.observe_request(ttft, e2e, self.queue_time, self.num_output_tokens, self.finish_reason)
+        ctx.ttft_s = ttft
+        if ttft is not None and self.num_output_tokens > 1:
+            ctx.tpot_s = (e2e - ttft) / (self.num_output_tokens - 1)
         ctx.trace.engine_stages(self.times, ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens,
                                 self.finish_reason)
 

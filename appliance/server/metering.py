@@ -41,6 +41,11 @@ def _record(state: AppState, ctx: RequestContext | None, status: int, engine_sec
     tenant = (ctx.tenant if ctx is not None else None) or UNKNOWN_TENANT
     with state.metrics.lock:
         state.metrics.tenant_requests.inc(tenant=tenant, status=str(status))
+    if ctx is not None and ctx.version is not None:  # routed to a model version: it is free to go now
+        outcome = ctx.stream_error_status or status
+        state.version_metrics.finished(ctx.version.name, outcome, ctx.ttft_s, ctx.tpot_s)
+        if state.fleet is not None:
+            state.fleet.release(ctx.version)
     if ctx is not None and ctx.counts_usage:
         usage = Usage(max(0, ctx.prompt_tokens - ctx.cached_tokens), ctx.cached_tokens, ctx.completion_tokens,
                       engine_seconds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.server.errors import ApiError, bad_request
+from appliance.server.errors import bad_request
 from appliance.server.params import Body
 from appliance.server.state import AppState
 from engine import InvalidRequestError, SamplingParams
@@ -25,14 +25,6 @@ INT32_MAX = 2**31 - 1
 class StreamOptions:
     stream: bool
     include_usage: bool
-
-
-def check_model(body: Body, state: AppState) -> str:
-    model = body.string("model", max_len=512)
-    if model != state.model_name:
-        raise ApiError(404, f"The model '{model}' does not exist; this server serves '{state.model_name}'",
-                       "model", "model_not_found")
-    return model
 
 
 def parse_stream(body: Body) -> StreamOptions:
@@ -133,11 +125,12 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def parse_sampling(body: Body, state: AppState, num_prompt_tokens: int,
+def parse_sampling(body: Body, state: AppState, num_prompt_tokens: int, context_limit: int,
                    read_top_k: bool = True) -> SamplingParams:
-    """SamplingParams from the body; max_tokens defaults to what fits, capped by the server default.
-    `read_top_k=False` where `top_k` means something else (the chunk count of /v1/rag/query)."""
-    room = max(1, state.context_limit - num_prompt_tokens)
+    """SamplingParams from the body; max_tokens defaults to what fits in the serving version's context,
+    capped by the server default. `read_top_k=False` where `top_k` means something else (the chunk
+    count of /v1/rag/query)."""
+    room = max(1, context_limit - num_prompt_tokens)
     default_max = min(state.config.default_max_tokens, room)
     max_tokens = body.integer("max_completion_tokens", None, minimum=1)
     if max_tokens is None:

@@ -18,7 +18,6 @@ from appliance.server.errors import ApiError
 from appliance.server.generation import Job, admitted, run_job, usage_dict, validate_job
 from appliance.server.openai_params import (
     StreamOptions,
-    check_model,
     parse_messages,
     parse_prompt,
     parse_sampling,
@@ -28,6 +27,7 @@ from appliance.server.openai_params import (
 from appliance.server.params import read_json
 from appliance.server.sse import SseWriter
 from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
+from appliance.server.version_pick import pick, requested_version
 
 
 @dataclass(slots=True)
@@ -68,41 +68,56 @@ class Shape:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state = state_of(request)
-    state.need_engine()
-    return web.json_response({"object": "list", "data": [_model_card(state)]})
+    """The served model name (routed across versions) and the versions this key may name."""
+    return web.json_response({"object": "list", "data": _cards(request)})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    for card in _cards(request):
+        if card["id"] == request.match_info["model"]:
+            return web.json_response(card)
+    raise ApiError(404, f"The model '{request.match_info['model']}' does not exist", "model",
+                   "model_not_found")
+
+
+def _cards(request: web.Request) -> list[dict]:
     state = state_of(request)
-    state.need_engine()
-    if request.match_info["model"] != state.model_name:
-        raise ApiError(404, f"The model '{request.match_info['model']}' does not exist", "model",
-                       "model_not_found")
-    return web.json_response(_model_card(state))
+    fleet = state.need_fleet()
+    live = fleet.live
+    assert live is not None
+    cards = [_model_card(state, fleet.alias, live.context_limit, None)]
+    for name in sorted(fleet.allowed(principal_of(request).tenant)):
+        limit = fleet.residents[name].context_limit
+        cards.append(_model_card(state, name, limit, fleet.versions[name].state))
+    return cards
 
 
-def _model_card(state: AppState) -> dict:
-    return {"id": state.model_name, "object": "model", "created": int(state.started_at),
-            "owned_by": "appliance", "max_model_len": state.context_limit}
+def _model_card(state: AppState, name: str, context_limit: int, version_state: str | None) -> dict:
+    card = {"id": name, "object": "model", "created": int(state.started_at), "owned_by": "appliance",
+            "max_model_len": context_limit}
+    if version_state is not None:
+        card["version_state"] = version_state
+    return card
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state, ctx = state_of(request), ctx_of(request)
     body = await read_json(request, state.config.max_body_bytes)
-    engine = state.need_engine()
-    model = check_model(body, state)
+    requested = requested_version(body, state)
+    model = body.string("model")
     messages = parse_messages(body)
     reject_unsupported(body)
     options = parse_stream(body)
     with ctx.trace.stage("prompt"):
-        prompt_ids = await asyncio.to_thread(_chat_ids, engine, messages)
+        served, prompt_ids = await pick(state, ctx, request, body, requested,
+                                        lambda engine: _chat_ids(engine, messages), kind="chat")
     if state.config.log_prompts:
         ctx.prompt = json.dumps(messages, ensure_ascii=False)
-    job = Job(f"chatcmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
-              principal_of(request).tenant, "messages")
+    job = Job(f"chatcmpl-{ctx.request_id}", prompt_ids,
+              parse_sampling(body, state, len(prompt_ids), served.context_limit),
+              principal_of(request).tenant, served, "messages")
     if body.boolean("public_prefix", False):  # share the system prompt's KV across tenants
-        job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len, messages,
+        job.public_prefix_len = await asyncio.to_thread(served.engine.tokenizer.system_prefix_len, messages,
                                                         prompt_ids)
     shape = Shape(job.request_id, model, True, int(time.time()))
     return await _complete(request, state, ctx, job, shape, options)
@@ -121,27 +136,41 @@ def _chat_ids(engine, messages: list[dict]) -> list[int]:
 async def completions(request: web.Request) -> web.StreamResponse:
     state, ctx = state_of(request), ctx_of(request)
     body = await read_json(request, state.config.max_body_bytes)
-    engine = state.need_engine()
-    model = check_model(body, state)
-    prompt = parse_prompt(body, engine.tokenizer.vocab_size)
+    requested = requested_version(body, state)
+    model = body.string("model")
+    prompt = parse_prompt(body, _vocab_size(state, requested))
     reject_unsupported(body)
     options = parse_stream(body)
-    if isinstance(prompt, str):
-        with ctx.trace.stage("prompt"):
-            prompt_ids = await asyncio.to_thread(engine.tokenizer.encode, prompt)
-    else:
-        prompt_ids = prompt
+    with ctx.trace.stage("prompt"):
+        served, prompt_ids = await pick(state, ctx, request, body, requested,
+                                        lambda engine: _prompt_ids(engine, prompt), kind="completion")
     if state.config.log_prompts:
         ctx.prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
-    job = Job(f"cmpl-{ctx.request_id}", prompt_ids, parse_sampling(body, state, len(prompt_ids)),
-              principal_of(request).tenant, "prompt")
+    job = Job(f"cmpl-{ctx.request_id}", prompt_ids,
+              parse_sampling(body, state, len(prompt_ids), served.context_limit),
+              principal_of(request).tenant, served, "prompt")
     shape = Shape(job.request_id, model, False, int(time.time()))
     return await _complete(request, state, ctx, job, shape, options)
 
 
+def _vocab_size(state: AppState, requested: str | None) -> int:
+    fleet = state.need_fleet()
+    resident = fleet.residents.get(requested) if requested else fleet.live
+    return (resident or fleet.live).engine.tokenizer.vocab_size
+
+
+def _prompt_ids(engine, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return engine.tokenizer.encode(prompt)
+    if prompt and max(prompt) >= engine.tokenizer.vocab_size:  # the routed version's vocabulary
+        raise ApiError(400, f"prompt token ids must be in [0, {engine.tokenizer.vocab_size})", "prompt",
+                       "invalid_value")
+    return prompt
+
+
 async def _complete(request: web.Request, state: AppState, ctx: RequestContext, job: Job, shape: Shape,
                     options: StreamOptions) -> web.StreamResponse:
-    validate_job(state, job)
+    validate_job(job)
     with admitted(state, ctx, job) as ticket:
         if options.stream:
             return await _stream(request, state, ctx, job, ticket, shape, options.include_usage)

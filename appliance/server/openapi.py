@@ -73,7 +73,8 @@ _OPENAI = {
     "suffix": {"type": "string", "maxLength": 0, "description": "not supported: only \"\""},
     "response_format": {"type": "object", "required": ["type"],
                         "properties": {"type": {"type": "string", "enum": ["text"]}}},
-    "user": {"type": "string", "description": "accepted and ignored"},
+    "user": {"type": "string", "description": "keeps a conversation on one model version when no "
+                                              "X-Session-Id header is sent"},
 }
 
 _COLLECTION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
@@ -132,6 +133,8 @@ _SCHEMAS: dict[str, Any] = {
         **_GENERATION, **_RETRIEVAL, "stream": _BOOL,
         "temperature": {"type": "number", "minimum": 0, "maximum": 100, "description": "default 0 (greedy)"},
         "system_prompt": {"type": "string", "minLength": 1, "maxLength": 8192},
+        "model": {"type": "string", "description": "a model version by name (default: routed)"},
+        "user": _OPENAI["user"],
         "kv_reuse": {**_KV_REUSE,
                      "description": "prefix: exact prefix reuse only; chunks: also reuse stored chunk KV "
                                     "at any position (approximate); default: the collection's kv_reuse, "
@@ -139,7 +142,8 @@ _SCHEMAS: dict[str, Any] = {
     "Source": {"type": "object", "properties": {"label": _STR, "doc_id": _STR, "source": _STR,
                                                 "chunk_index": _INT, "score": _NUM}},
     "RagAnswer": {"type": "object", "properties": {
-        "id": _STR, "object": _STR, "model": _STR, "answer": _STR, "finish_reason": _STR,
+        "id": _STR, "object": _STR, "model": _STR, "model_version": _STR, "answer": _STR,
+        "finish_reason": _STR,
         "sources": {"type": "array", "items": _ref("Source")}, "usage": _ref("Usage")}},
     "DocResult": {"type": "object", "properties": {
         "source": _STR, "doc_id": _STR, "status": {"type": "string", "enum": ["added", "skipped", "replaced",
@@ -168,6 +172,22 @@ _SCHEMAS: dict[str, Any] = {
         "tenant": {**_NAME, "description": "whose cache namespace; default: the caller's"},
         "public": {"type": "boolean", "description": "shared by every tenant"}}},
     "TracingSwitch": {"type": "object", "required": ["enabled"], "properties": {"enabled": _BOOL}},
+    "ModelAdd": {"type": "object", "required": ["name"], "properties": {
+        "name": _NAME, "source": {"type": "string", "description": "GGUF file or HF dir; default: bundled"},
+        "quantization": {"type": "string", "enum": ["auto", "none", "int8", "int4"]},
+        "dtype": {"type": "string", "enum": ["auto", "float32", "bfloat16", "float16"]}, "notes": _STR}},
+    "CanarySet": {"type": "object", "properties": {
+        "share": {"type": "number", "minimum": 0, "maximum": 1}, "tenants": {"type": "array", "items": _NAME},
+        "objective": {"type": "object", "properties": {
+            "window_s": _NUM, "min_requests": _NUM, "max_error_rate": _NUM, "max_ttft_p90_s": _NUM}}}},
+    "Rollback": {"type": "object", "properties": {"reason": _STR}},
+    "ModelRules": {"type": "object", "required": ["rules"], "properties": {"rules": {
+        "type": "array", "items": {"type": "object", "required": ["name", "version"], "properties": {
+            "name": _STR, "version": _NAME, "tenant": _NAME,
+            "kind": {"type": "string", "enum": ["chat", "completion", "rag"]},
+            "min_prompt_tokens": _INT, "max_prompt_tokens": _INT}}}}},
+    "ModelAccess": {"type": "object", "required": ["tenant", "versions"], "properties": {
+        "tenant": _NAME, "versions": {"type": "array", "nullable": True, "items": _NAME}}},
     "ChunkPrecompute": {"type": "object", "required": ["collection"], "properties": {
         "collection": _NAME, "tenant": {**_NAME, "description": "whose collection; default: the caller's"},
         "pin": {"type": "boolean", "description": "pin each stored chunk until /admin/cache/unpin"}}},
@@ -293,6 +313,30 @@ def _admin_paths() -> dict:
         "/admin/tracing": {"post": _admin("Switch request tracing on or off", "TracingSwitch",
                                           errors=(400,))},
         "/admin/alerts": {"get": _admin("Every alert rule instance: firing or ok, since when, and why")},
+        **_model_paths(),
+    }
+
+
+def _model_paths() -> dict:
+    version = [_path_param("name", _NAME)]
+    return {
+        "/admin/models": {"get": _admin("Model versions, the split, rules, per-version metrics, moves"),
+                          "post": _admin("Load a new model version beside the live one", "ModelAdd", 202,
+                                         (400,))},
+        "/admin/models/{name}": {"parameters": version, "get": _admin("One model version", errors=(404,))},
+        "/admin/models/{name}/canary": {"parameters": version, "post": _admin(
+            "Make a loaded version the canary, or change its share", "CanarySet", errors=(400, 404))},
+        "/admin/models/promote": {"post": _admin("Make the canary live", errors=(400,))},
+        "/admin/models/{name}/promote": {"parameters": version,
+                                         "post": _admin("Make this version live", errors=(400, 404))},
+        "/admin/models/rollback": {"post": _admin("End the canary, else restore the previous live version",
+                                                  "Rollback", errors=(400,))},
+        "/admin/models/{name}/retire": {"parameters": version, "post": _admin(
+            "Unload a version that is not live", errors=(400, 404))},
+        "/admin/models/rules": {"put": _admin("Routing rules, evaluated before the split", "ModelRules",
+                                              errors=(400,))},
+        "/admin/models/access": {"put": _admin("The model versions a tenant may use", "ModelAccess",
+                                               errors=(400, 404))},
     }
 
 

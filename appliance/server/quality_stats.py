@@ -280,8 +280,12 @@ def note_retrieval(state: AppState, tenant: str, collection: str, mode: str | No
         asyncio.get_running_loop().run_in_executor(None, quality.process_pending, rag.embedder.embed)
 
 
-def note_answer(state: AppState, tenant: str, collection: str, answer: str, hits: list[Hit]) -> None:
-    """After an answer is complete: score it against the chunks in the prompt's [n] order."""
+def note_answer(state: AppState, tenant: str, collection: str, answer: str, hits: list[Hit],
+                version: str | None = None) -> None:
+    """After an answer is complete: score it against the chunks in the prompt's [n] order, for its
+    scope and for the model version that wrote it."""
     sources = [hit.text for hit in canonical_order(hits)]
-    state.metrics.quality.observe_answer((tenant, collection), answer, sources)
+    quality = state.metrics.quality.observe_answer((tenant, collection), answer, sources)
+    if version is not None:
+        state.version_metrics.answered(version, quality)
 

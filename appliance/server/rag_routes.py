@@ -32,6 +32,7 @@ from appliance.server.rag_warmup import start_warmup
 from appliance.server.sse import SseWriter
 from appliance.server.state import AppState, RequestContext, ctx_of, principal_of, state_of
 from appliance.server.store import valid_name
+from appliance.server.version_pick import pick, requested_version
 from engine import KV_REUSE_MODES, ChunkSpec
 from rag import build_rag_prompt
 from rag.settings import SEARCH_MODES
@@ -106,7 +107,8 @@ async def retrieve(request: web.Request) -> web.Response:
 async def query(request: web.Request) -> web.StreamResponse:
     state, ctx = state_of(request), ctx_of(request)
     body = await read_json(request, state.config.max_body_bytes)
-    engine = state.need_engine()
+    engine = state.need_engine()  # the live version: it warms the system prompt up
+    requested = requested_version(body, state) if body.has("model") else None
     stream = body.boolean("stream", False)
     system = body.string("system_prompt", state.config.rag_system_prompt, max_len=MAX_QUERY_CHARS)
     if not body.has("temperature"):
@@ -121,21 +123,25 @@ async def query(request: web.Request) -> web.StreamResponse:
         state, await asyncio.to_thread(state.need_rag().collection_settings, tenant, collection))
     with ctx.trace.stage("prompt"):
         prompt = build_rag_prompt(system, hits, question)
-        prompt_ids, spans = await asyncio.to_thread(engine.tokenizer.apply_chat_template_with_spans,
-                                                    prompt.messages(), list(prompt.chunk_texts))
-        params = parse_sampling(body, state, len(prompt_ids), read_top_k=False)  # top_k: chunks, not tokens
-        job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, "query",
+        served, (prompt_ids, spans) = await pick(
+            state, ctx, request, body, requested,
+            lambda e: e.tokenizer.apply_chat_template_with_spans(prompt.messages(), list(prompt.chunk_texts)),
+            kind="rag", measure=lambda tokenized: len(tokenized[0]))
+        params = parse_sampling(body, state, len(prompt_ids), served.context_limit,
+                                read_top_k=False)  # top_k: chunks, not tokens
+        job = Job(f"rag-{ctx.request_id}", prompt_ids, params, tenant, served, "query",
                   chunks=ChunkSpec(tuple(spans), kv_reuse))
         if system == state.config.rag_system_prompt:  # the operator's prompt is the same for every tenant
-            job.public_prefix_len = await asyncio.to_thread(engine.tokenizer.system_prefix_len,
+            job.public_prefix_len = await asyncio.to_thread(served.engine.tokenizer.system_prefix_len,
                                                             prompt.messages(), prompt_ids)
     if state.config.log_prompts:
         ctx.prompt = question
-    validate_job(state, job)
-    head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name}
+    validate_job(job)
+    head = {"id": job.request_id, "created": int(time.time()), "model": state.model_name,
+            "model_version": served.name}
     with admitted(state, ctx, job) as ticket:
         if stream:
-            answered = partial(note_answer, state, tenant, collection, hits=hits)
+            answered = partial(note_answer, state, tenant, collection, hits=hits, version=served.name)
             return await _stream_answer(request, state, ctx, job, ticket, head, prompt.sources, answered)
         parts, finish_reason = [], None
         async with aclosing(run_job(state, ctx, job, ticket)) as outputs:
@@ -143,7 +149,7 @@ async def query(request: web.Request) -> web.StreamResponse:
                 parts.append(out.text_delta)
                 finish_reason = out.finish_reason if out.finished else None
     answer = "".join(parts).strip()
-    note_answer(state, tenant, collection, answer, hits)
+    note_answer(state, tenant, collection, answer, hits, served.name)
     return web.json_response({**head, "object": "rag.answer", "answer": answer,
                               "sources": prompt.sources, "finish_reason": finish_reason,
                               "usage": usage_dict(ctx)})

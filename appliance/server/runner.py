@@ -18,6 +18,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from appliance.server.app import create_app, load_components, sample_rates
+from appliance.server.canary_guard import guard_canary
 from appliance.server.config import ServerConfig
 from appliance.server.state import STATE, AppState
 from appliance.server.tls import ssl_context
@@ -36,8 +37,8 @@ async def drain(state: AppState, timeout: float) -> bool:
     log.warning("drain timeout: aborting %d engine requests", len(tickets))
     for ticket in tickets:
         ticket.abort_reason = "server_shutting_down"
-        if state.engine is not None:
-            state.engine.abort(ticket.request_id)
+        if state.fleet is not None:
+            state.fleet.abort_everywhere(ticket.request_id)
     await state.admission.wait_idle(ABORT_GRACE_S)
     return False
 
@@ -65,10 +66,12 @@ async def serve(config: ServerConfig, on_listening: Callable[[str], None] | None
     _install_signals(stop)
     loader = asyncio.create_task(load_components(state))
     sampler = asyncio.create_task(sample_rates(state))
+    guard = asyncio.create_task(guard_canary(state))
     code = await _wait(stop, loader, state)
     if code == 0:
         await drain(state, config.drain_timeout_s)
     sampler.cancel()
+    guard.cancel()
     await runner.cleanup()
     await _close(state)
     return code
@@ -112,7 +115,7 @@ async def _close(state: AppState) -> None:
     await asyncio.to_thread(state.control.close)  # every request has ended: write all audit rows
     if state.rag is not None:
         await asyncio.to_thread(state.rag.close)
-    if state.engine is not None:
-        await asyncio.to_thread(state.engine.shutdown)
+    if state.fleet is not None:
+        await state.fleet.close()
     state.store.close()
     log.info("stopped")

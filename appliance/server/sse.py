@@ -24,6 +24,7 @@ class SseWriter:
             "X-Accel-Buffering": "no",
             "x-request-id": ctx.request_id,
             **ctx.trace.headers(),
+            **ctx.version_headers(),
         })
 
     async def start(self) -> None:
@@ -39,6 +40,7 @@ class SseWriter:
     async def fail(self, err: ApiError) -> None:
         """Send the error as the stream's last event; a client already gone is not an error."""
         self.ctx.error_code = err.code or err.type
+        self.ctx.stream_error_status = err.status
         try:
             await self.response.write(sse_error_event(err))
             await self.response.write(b"data: [DONE]\n\n")

@@ -15,10 +15,12 @@ from appliance.server.config import ServerConfig
 from appliance.server.control import ControlPlane
 from appliance.server.cost import CostLedger, Prices
 from appliance.server.errors import ApiError, unavailable
+from appliance.server.fleet import Fleet, Resident
 from appliance.server.limits import TenantLimits
 from appliance.server.metrics import ServerMetrics
 from appliance.server.store import ControlStore, Principal, Tenant
 from appliance.server.tracing import NO_TRACE, RequestTrace, Tracing
+from appliance.server.version_stats import VersionMetrics
 
 if TYPE_CHECKING:
     from engine import AsyncEngine
@@ -36,18 +38,34 @@ class AppState:
     admission: Admission
     limits: TenantLimits
     tracing: Tracing
-    engine: AsyncEngine | None = None
+    fleet: Fleet | None = None  # the model versions, once the live one is loaded
     rag: RagService | None = None
-    model_name: str = ""
-    context_limit: int = 0  # prompt + completion tokens one request may use
     load_error: str | None = None
     started_at: float = field(default_factory=time.time)
     alerts: AlertEngine = field(init=False)  # from the config's objectives and alert settings
     cost: CostLedger = field(init=False)  # from the config's prices
+    version_metrics: VersionMetrics = field(init=False)  # per model version (the canary guard reads it)
 
     def __post_init__(self) -> None:
         self.alerts = AlertEngine.from_config(self.config)
         self.cost = CostLedger(Prices.from_config(self.config))
+        self.version_metrics = VersionMetrics(self.config.canary_window_s)
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The live version's engine (the server-wide stats, alerts and cache actions read it)."""
+        live = self.fleet.live if self.fleet is not None else None
+        return live.engine if live is not None else None
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        """Every loaded version's engine (cache flushes and tenant erasure reach them all)."""
+        return [r.engine for r in self.fleet.residents.values()] if self.fleet is not None else []
+
+    @property
+    def model_name(self) -> str:
+        """The name clients send to be routed across versions."""
+        return self.fleet.alias if self.fleet is not None else ""
 
     @classmethod
     def create(cls, config: ServerConfig, store: ControlStore) -> AppState:
@@ -66,9 +84,15 @@ class AppState:
         return self.is_loaded and not self.admission.is_draining
 
     def need_engine(self) -> AsyncEngine:
-        if self.engine is None:
+        engine = self.engine
+        if engine is None:
             raise unavailable("the model is still loading", RETRY_AFTER_LOADING_S, "model_loading")
-        return self.engine
+        return engine
+
+    def need_fleet(self) -> Fleet:
+        if self.fleet is None or self.fleet.live is None:
+            raise unavailable("the model is still loading", RETRY_AFTER_LOADING_S, "model_loading")
+        return self.fleet
 
     def need_rag(self) -> RagService:
         if self.rag is None:
@@ -96,10 +120,19 @@ class RequestContext:
     # response finishes normally ("length") and a stream adds this error as its last event.
     cutoff: ApiError | None = None
     trace: RequestTrace = NO_TRACE  # the request's spans (see tracing)
+    version: Resident | None = None  # the model version the request was routed to (held until it ends)
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    stream_error_status: int | None = None  # the status of an error sent inside a 200 stream
+    audit_detail: dict | None = None  # what an operation changed, for its audit row's `detail`
 
     @property
     def tenant(self) -> str | None:
         return self.principal.tenant if self.principal else None
+
+    def version_headers(self) -> dict[str, str]:
+        """Which model version answered (X-Model-Version), for clients comparing live and canary."""
+        return {"X-Model-Version": self.version.name} if self.version is not None else {}
 
 
 STATE = web.AppKey("state", AppState)

@@ -110,6 +110,7 @@ class AuditEntry:
     prompt: str | None = None
     detail: str | None = None  # JSON, for rows that record an operation (e.g. what a deletion erased)
     trace_id: str | None = None  # the request's trace (X-Trace-Id), when it was traced
+    model_version: str | None = None  # the model version that served an inference request
 
 
 def valid_name(name: object) -> bool:
@@ -149,6 +150,11 @@ class ControlStore:
         with self._lock:
             self._create_tables()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every use of the connection (other tables' owners share it)."""
+        return self._lock
+
     @classmethod
     def open(cls, data_dir: str | Path) -> ControlStore:
         return cls(Path(data_dir) / "control.db")
@@ -173,7 +179,8 @@ class ControlStore:
                             "route": str, "status": int, "request_id": str, "duration_ms": float,
                             "prompt_tokens": int, "cached_tokens": int, "completion_tokens": int,
                             "error_code": str, "prompt": str}, pk="id", if_not_exists=True)
-        _add_missing(db["audit"], {"detail": (str, None), "trace_id": (str, None)})
+        _add_missing(db["audit"], {"detail": (str, None), "trace_id": (str, None),
+                                   "model_version": (str, None)})
         db["audit"].create_index(["tenant", "time"], if_not_exists=True)
 
     # --- tenants ---------------------------------------------------------------------------------
@@ -330,7 +337,7 @@ class ControlStore:
                "duration_ms": round(entry.duration_ms, 3), "prompt_tokens": entry.prompt_tokens,
                "cached_tokens": entry.cached_tokens, "completion_tokens": entry.completion_tokens,
                "error_code": entry.error_code, "prompt": entry.prompt, "detail": entry.detail,
-               "trace_id": entry.trace_id}
+               "trace_id": entry.trace_id, "model_version": entry.model_version}
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:

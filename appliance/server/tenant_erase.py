@@ -39,11 +39,14 @@ async def erase_tenant(state: AppState, name: str, key_id: str | None, request_i
     """Erase tenant `name` from a running server; returns the counts written to the audit row."""
     store = state.store
     await asyncio.to_thread(check_deletable, store, name)
-    engine, rag = state.need_engine(), state.need_rag()
+    state.need_engine()
+    rag = state.need_rag()
     await asyncio.to_thread(store.revoke_tenant_keys, name)
     erased = {"requests_aborted": await abort_requests(state, name)}
     erased.update(_counts(await asyncio.to_thread(rag.delete_tenant, name)))
-    erased["kv_blocks"] = await asyncio.to_thread(engine.erase_salt, name)  # pinned blocks too
+    erased["kv_blocks"] = 0
+    for engine in state.engines:  # every loaded model version holds its own KV; pinned blocks too
+        erased["kv_blocks"] += await asyncio.to_thread(engine.erase_salt, name)
     await state.control.flush(AUDIT_FLUSH_S)  # its requests' audit rows are in before prompts are blanked
     counts = await asyncio.to_thread(store.delete_tenant, name, erased, key_id, request_id)
     state.control.usage.forget(name)
@@ -55,8 +58,8 @@ async def abort_requests(state: AppState, name: str, wait_s: float = ABORT_WAIT_
     tickets = [t for t in list(state.admission.tickets.values()) if t.tenant == name]
     for ticket in tickets:
         ticket.abort_reason = ABORT_REASON
-        if state.engine is not None:
-            state.engine.abort(ticket.request_id)
+        if state.fleet is not None:
+            state.fleet.abort_everywhere(ticket.request_id)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and any(t.request_id in state.admission.tickets for t in tickets):
         await asyncio.sleep(POLL_S)

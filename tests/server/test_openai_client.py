@@ -23,10 +23,11 @@ def client(server, key) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
 
 
-def test_models_lists_the_served_model(client, server):
+def test_models_lists_the_served_model_then_its_versions(client, server):
     models = client.models.list().data
-    assert [m.id for m in models] == [server.model]
+    assert [m.id for m in models] == [server.model, "v1"]  # v1: the version the server started with
     assert client.models.retrieve(server.model).id == server.model
+    assert client.models.retrieve("v1").id == "v1"
 
 
 def test_chat_completion(client, server):
