@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "appliance.commands.ingest",
     "appliance.commands.eval",
     "appliance.commands.dashboard",
+    "appliance.commands.models",
 ]
 
 

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from urllib.parse import urlparse
 
 from appliance.cli import UserError
-
-DEFAULT_URL = "http://127.0.0.1:8080"
+from appliance.commands.remote import server_arguments, url_and_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dashboard", help="terminal dashboard: KV cache, throughput, latency, actions")
-    p.add_argument("--url", default=None,
-                   help=f"the appliance's base URL (APPLIANCE_URL, default {DEFAULT_URL})")
-    p.add_argument("--api-key", default=None,
-                   help="an admin key (APPLIANCE_API_KEY, else APPLIANCE_ADMIN_KEY)")
+    server_arguments(p)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
     p.add_argument("--ca-cert", default=None,
                    help="PEM file to verify an https server with (APPLIANCE_CA_CERT; e.g. its self-signed "
@@ -30,13 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve(args: argparse.Namespace) -> tuple[str, str, float]:
     """(url, key, interval) from the flags and the environment; UserError names what is wrong."""
-    url = (args.url or os.environ.get("APPLIANCE_URL") or DEFAULT_URL).rstrip("/")
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"--url must look like http://HOST:PORT, not {url!r}")
-    key = args.api_key or os.environ.get("APPLIANCE_API_KEY") or os.environ.get("APPLIANCE_ADMIN_KEY")
-    if not key:
-        raise UserError("the dashboard needs an admin key: pass --api-key or set APPLIANCE_API_KEY")
+    url, key = url_and_key(args, "the dashboard")
     if not 0.1 <= args.interval <= 3600:
         raise UserError("--interval must be between 0.1 and 3600 seconds")
     return url, key, args.interval

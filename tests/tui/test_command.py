@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from appliance.cli import main
-from appliance.commands.dashboard import DEFAULT_URL, resolve
+from appliance.commands.dashboard import resolve
+from appliance.commands.remote import DEFAULT_URL
 
 
 def args(**kw) -> argparse.Namespace:
