@@ -56,4 +56,7 @@ async def guard_canary(state: AppState) -> None:
         reason = breach(goal, state.version_metrics.summary(canary.name, goal["window_s"]))
         if reason is not None and fleet.canary_version() is canary:
             log.warning("canary %s rolled back: %s", canary.name, reason)
-            await fleet.rollback(None, reason, action="auto_rollback")
+            try:
+                await fleet.rollback(None, reason, action="auto_rollback")
+            except Exception:  # the guard must outlive one failed move (it retries next interval)
+                log.exception("automatic rollback of %s failed", canary.name)

@@ -374,8 +374,9 @@ class Fleet:
 
     async def _unload(self, resident: Resident) -> None:
         await resident.idle.wait()
-        if self.versions[resident.name].state == "retired":
-            self.residents.pop(resident.name, None)
+        # The name may have been added again meanwhile: only this engine leaves.
+        if self.versions[resident.name].state == "retired" and self.residents.get(resident.name) is resident:
+            del self.residents[resident.name]
             await asyncio.to_thread(resident.engine.shutdown)
 
     # --- bookkeeping -------------------------------------------------------------------------

@@ -28,10 +28,10 @@ def models_overview(state: AppState) -> dict:
     fleet = state.fleet
     if fleet is None:
         return {"served_model": None, "versions": [], "rules": [], "access": {}}
-    canary = fleet.canary_version()
+    canary, live = fleet.canary_version(), fleet.live_version()
     return {
         "served_model": fleet.alias,
-        "live": (fleet.live_version() or _NoVersion).name,
+        "live": live.name if live else None,
         "canary": canary.name if canary else None,
         "canary_share": canary.canary_share if canary else 0.0,
         "canary_tenants": canary.canary_tenants if canary else [],
@@ -43,10 +43,6 @@ def models_overview(state: AppState) -> dict:
         "access": fleet.access,
         "canary_objective": objective(state.config, canary.objective if canary else {}),
     }
-
-
-class _NoVersion:
-    name = None
 
 
 def _version_doc(state: AppState, version) -> dict:

@@ -302,6 +302,8 @@ def test_the_models_command_lists_promotes_and_explains_refusals(mv_server):
     promoted = appliance_models(mv_server, "promote", "q4-named")
     assert promoted.returncode == 0, promoted.stderr
     assert "q4-named: live (previous live v1" in promoted.stdout
+    retired = appliance_models(mv_server, "retire", "v1")  # not kept for the grace period after all
+    assert (retired.returncode, retired.stdout.strip()) == (0, "v1: retired"), retired.stderr
 
 
 def test_a_restart_comes_back_with_the_promoted_version(mv_server):
@@ -309,6 +311,6 @@ def test_a_restart_comes_back_with_the_promoted_version(mv_server):
     mv_server.start()
     mv_server.wait_ready()
     overview = call(mv_server, "GET", "/admin/models")[1]
-    assert (overview["live"], overview["previous_live"]) == ("q4-named", "v1")
-    states = {v["name"]: v["state"] for v in overview["versions"]}
-    assert states["v1"] == "ready"  # still within its rollback grace period: loaded again
+    assert (overview["live"], overview["previous_live"]) == ("q4-named", None)
+    states = {v["name"]: (v["state"], v["loaded"]) for v in overview["versions"]}
+    assert states["q4-named"] == ("live", True) and states["v1"] == ("retired", False)
