@@ -171,6 +171,27 @@ class DriftRule:
                 for tenant, collection in history.label_sets("retrieval.drifted")]
 
 
+@dataclass(slots=True, frozen=True)
+class CanaryRollbackRule:
+    """A canary version the server rolled back on its own for breaking its objective; the reason is
+    in the model events (/admin/models, the dashboard's Models screen)."""
+
+    window_s: float
+    name: str = "canary_rolled_back"
+    severity: str = "ticket"
+    idle_summary: str = ""
+
+    def check(self, history: History) -> list[Finding]:
+        findings = []
+        for (version,) in history.label_sets("canary.auto_rollbacks"):
+            num = history.increase(("canary.auto_rollbacks", version), self.window_s)
+            summary = (f"canary {version} was rolled back automatically {num:.0f}x in the last "
+                       f"{format_duration(self.window_s)}: it broke its objective (the reason: /admin/models "
+                       "events, the dashboard's Models screen)")
+            findings.append(Finding((("version", version),), num >= 1, summary))
+        return findings
+
+
 def rules_from_config(config: ServerConfig) -> list[Rule]:
     window = config.alert_window_s
     rules: list[Rule] = [BurnRateRule(o, w, config.slo_min_requests)
@@ -178,5 +199,5 @@ def rules_from_config(config: ServerConfig) -> list[Rule]:
     rules += [PreemptionRule(window, config.alert_preemptions_per_min),
               QueueRule(window, config.alert_queue_depth),
               TenantErrorRule(window, config.alert_tenant_error_ratio, config.alert_tenant_min_errors),
-              AuthFailureRule(window, config.alert_auth_failures), DriftRule()]
+              AuthFailureRule(window, config.alert_auth_failures), DriftRule(), CanaryRollbackRule(window)]
     return rules

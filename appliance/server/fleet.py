@@ -69,6 +69,7 @@ class Fleet:
         self.reserved: dict[str, int] = {}  # bytes promised to versions still loading
         self.previous_live: str | None = None  # kept loaded for a rollback until its grace ends
         self.alias = ""  # the model name clients send to be routed (the first live version's model)
+        self.auto_rollbacks: dict[str, int] = {}  # canary -> times the guard rolled it back (alerts)
         self._tasks: set[asyncio.Task] = set()
 
     # --- start and stop ----------------------------------------------------------------------
@@ -320,6 +321,8 @@ class Fleet:
         loaded) becomes live again and the one promoted over it is retired. Returns the retired one."""
         canary = self.canary_version()
         if canary is not None:
+            if action == "auto_rollback":
+                self.auto_rollbacks[canary.name] = self.auto_rollbacks.get(canary.name, 0) + 1
             await self._retire(canary)
             await self._log(action, canary.name, None, actor, reason)
             return canary

@@ -69,6 +69,8 @@ def version_families(state: AppState) -> list[MetricFamily]:
     families = state.version_metrics.metric_families()
     if state.fleet is None:
         return families
+    rollbacks = [("", {"version": name}, state.fleet.auto_rollbacks.get(name, 0))
+                 for name in sorted(state.fleet.versions)]
     running, usage, live = [], [], []
     for name, resident in sorted(state.fleet.residents.items()):
         stats = resident.engine.stats()
@@ -80,7 +82,10 @@ def version_families(state: AppState) -> list[MetricFamily]:
                          running),
             MetricFamily("model_version_kv_cache_usage_perc", "gauge",
                          "Share of each version's KV blocks used by live requests (0-1).", usage),
-            MetricFamily("model_version_info", "gauge", "Loaded model versions and their state.", live)]
+            MetricFamily("model_version_info", "gauge", "Loaded model versions and their state.", live),
+            MetricFamily("model_version_auto_rollbacks_total", "counter",
+                         "Times the canary guard rolled a version back for breaking its objective.",
+                         rollbacks)]
 
 
 async def list_models(request: web.Request) -> web.Response:

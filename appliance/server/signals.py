@@ -95,6 +95,9 @@ def collect(state: AppState, stats: EngineStats | None, now: float) -> Sample:
         _add_tenant_outcome(values, dict(labels)["tenant"], dict(labels)["status"], count)
     for tenant, collection in metrics.quality.drifted_scopes():
         values[("retrieval.drifted", tenant, collection)] = 1.0
+    if state.fleet is not None:
+        for version, count in state.fleet.auto_rollbacks.items():
+            values[("canary.auto_rollbacks", version)] = float(count)
     return Sample(now, values)
 
 

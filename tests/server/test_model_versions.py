@@ -28,6 +28,7 @@ LOAD_TIMEOUT_S = 180
 def mv_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("versions") / "data"
     env = {"APPLIANCE_MODEL_MEMORY_GIB": "1.2", "APPLIANCE_CANARY_CHECK_INTERVAL_S": "0.5",
+           "APPLIANCE_ALERT_INTERVAL_S": "0.5",
            "APPLIANCE_MODEL_ROLLBACK_GRACE_S": "600"}
     with served(ServerProcess(data_dir, env_extra=env)) as proc:
         yield proc
@@ -224,6 +225,19 @@ def test_a_canary_that_breaks_its_objective_is_rolled_back(mv_server):
     assert (event["action"], event["version"], event["actor"]) == ("auto_rollback", "q4-slow", None)
     assert "TTFT p90" in event["reason"] and "3 requests" in event["reason"]
     assert wait_unloaded(mv_server, "q4-slow")["state"] == "retired"
+    alert = _alert(mv_server, "canary_rolled_back", "q4-slow")  # the dashboard's alert strip shows it
+    assert alert["state"] == "firing" and "rolled back automatically" in alert["summary"]
+
+
+def _alert(server: ServerProcess, name: str, version: str) -> dict:
+    """The alert once the rules have been evaluated after the event (every 0.5 s here)."""
+    deadline = time.monotonic() + 15
+    while True:
+        listed = call(server, "GET", "/admin/alerts")[1]["alerts"]
+        found = [a for a in listed if (a["name"], a["labels"].get("version")) == (name, version)]
+        if (found and found[0]["state"] == "firing") or time.monotonic() > deadline:
+            return found[0] if found else {"state": "missing", "summary": ""}
+        time.sleep(0.3)
 
 
 def test_versions_keep_their_own_kv_and_tenants_only_their_permitted_versions(mv_server):
