@@ -21,10 +21,13 @@ from textual.worker import Worker, WorkerState
 from tui.ask_session import AskClient
 from tui.client import ApiError, ApplianceClient
 from tui.latency import TPOT, TTFT, LatencyWindow
+from tui.models import ModelsReport, parse_models
 from tui.poller import PollResult, poll_once
 from tui.screens.ask import AskScreen
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.ingest import IngestRequest, IngestScreen
+from tui.screens.models import ModelsScreen, promote_question, rollback_question
 from tui.screens.new_key import KeyShownScreen, NewKey, NewKeyScreen
 from tui.screens.quality import QualityScreen
 from tui.screens.requests import RequestsScreen
@@ -41,7 +44,9 @@ from tui.widgets.throughput_panel import ThroughputPanel
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 MAIN_ACTIONS = {"ingest", "flush", "toggle_admission", "new_key", "edit_tenant", "ask", "requests", "quality",
-                "help"}
+                "models", "help"}
+MODEL_MOVES = {"promote", "rollback"}  # also on the models screen, where the versions are in view
+ROLLBACK_REASON = "rolled back from the dashboard"
 
 
 class DashboardApp(App[None]):
@@ -58,6 +63,9 @@ class DashboardApp(App[None]):
         Binding("a", "ask", "Ask"),
         Binding("r", "requests", "Requests"),
         Binding("d", "quality", "Quality"),
+        Binding("m", "models", "Models"),
+        Binding("o", "promote", "Promote"),
+        Binding("b", "rollback", "Roll back"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -177,6 +185,8 @@ class DashboardApp(App[None]):
     # --- actions ---------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The dashboard's own keys do nothing while a dialog is open."""
+        if action in MODEL_MOVES:
+            return len(self.screen_stack) == 1 or isinstance(self.screen, ModelsScreen)
         return not (action in MAIN_ACTIONS and len(self.screen_stack) > 1)
 
     def confirm(self, message: str) -> None:
@@ -198,6 +208,46 @@ class DashboardApp(App[None]):
 
     def action_quality(self) -> None:
         self.push_screen(QualityScreen(self.client, self.poll_interval_s, self.autopoll))
+
+    def action_models(self) -> None:
+        self.push_screen(ModelsScreen(self.client, self.poll_interval_s, self.autopoll))
+
+    def action_promote(self) -> None:
+        self.ask_model_move("promote")
+
+    def action_rollback(self) -> None:
+        self.ask_model_move("rollback")
+
+    @work(exclusive=True, group="model-ask", exit_on_error=False)
+    async def ask_model_move(self, move: str) -> None:
+        """Confirm first, describing the move with the versions the server has right now."""
+        report = await self._models_report()
+        if move == "promote":
+            screen = ConfirmScreen("Promote the canary", promote_question(report), "Promote")
+        else:
+            screen = ConfirmScreen("Roll back", rollback_question(report), "Roll back")
+        self.push_screen(screen, lambda yes: self.move_model(move) if yes else None)
+
+    async def _models_report(self) -> ModelsReport | None:
+        """None when the versions cannot be read: the question is then asked without them."""
+        try:
+            return parse_models(await self.client.models())
+        except (ApiError, ValueError):
+            return None
+
+    @work(group="model-move", exit_on_error=False)  # never cancelled: the POST may have landed
+    async def move_model(self, move: str) -> None:
+        try:
+            if move == "promote":
+                doc = await self.client.promote_canary()
+            else:
+                doc = await self.client.rollback(ROLLBACK_REASON)
+        except ApiError as exc:
+            self.report_error(f"{'promote' if move == 'promote' else 'rollback'} failed: {exc.message}")
+            return
+        self.confirm(_moved(move, doc))
+        if isinstance(self.screen, ModelsScreen):
+            self.screen.poll()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -317,3 +367,12 @@ class DashboardApp(App[None]):
         self.confirm(f"API key created for tenant {new_key.tenant!r}{created}; it is shown once")
         self.push_screen(KeyShownScreen(new_key))
         self.poll()
+
+
+def _moved(move: str, doc: dict) -> str:
+    """The confirmation line, from the server's answer to the move."""
+    if move == "promote":
+        kept = f"; {doc['previous_live']} stays loaded for rollback (b)" if doc.get("previous_live") else ""
+        return f"promoted {doc.get('name')} to live{kept}"
+    retired = doc.get("retired")
+    return f"rolled back: {retired} retired, {doc.get('live')} is live"

@@ -111,12 +111,24 @@ class ApplianceClient:
         """The server's request traces (GET /admin/traces), newest or slowest first."""
         return await self._json("GET", "/admin/traces", params={"limit": str(limit), "order": order})
 
+    async def models(self) -> dict:
+        """GET /admin/models: the model versions, the canary split, rules and the latest events."""
+        return await self._json("GET", "/admin/models")
+
     # --- actions ---------------------------------------------------------------------------------
     async def flush_cache(self) -> int:
         return int((await self._json("POST", "/admin/cache/flush")).get("flushed_blocks", 0))
 
     async def set_paused(self, paused: bool) -> dict:
         return await self._json("POST", "/admin/admission/pause" if paused else "/admin/admission/resume")
+
+    async def promote_canary(self) -> dict:
+        """The canary becomes live; the server refuses (400 invalid_state) when there is none."""
+        return await self._json("POST", "/admin/models/promote")
+
+    async def rollback(self, reason: str | None = None) -> dict:
+        """Retire the canary, else bring the previous live version back (400 invalid_state: neither)."""
+        return await self._json("POST", "/admin/models/rollback", json={"reason": reason} if reason else None)
 
     async def create_tenant(self, name: str) -> dict:
         return await self._json("POST", "/admin/tenants", json={"name": name})

@@ -21,6 +21,8 @@ KEYS = (
     ("a", "ask a question as a tenant: streamed answer, sources, TTFT, trace"),
     ("r", "recent requests: their traces, a waterfall of each one's stages"),
     ("d", "answer quality, retrieval drift and injection flags per collection"),
+    ("m", "model versions: live beside the canary, routing rules, events"),
+    ("o b", "promote the canary to live / roll back (each asks first)"),
     ("tab", "move between the tenants and collections tables"),
     ("?", "this help"),
     ("q", "quit"),
