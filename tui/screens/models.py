@@ -1,8 +1,7 @@
 """Model versions: the models panel on its own screen, polled like the dashboard.
 
-It reads GET /admin/models. Polling runs in a worker, never doubled up; `autopoll=False` leaves it to
-the caller (`refresh_now()`), so snapshots do not depend on timing. A failed read (503 while the model
-loads) keeps the last numbers, dimmed, and says why under them. Promote and roll back are the app's
+It reads GET /admin/models; polling as in polled.py. A failed read (503 while the model loads) keeps
+the last numbers, dimmed, and says why under them. Promote and roll back are the app's
 keys (they work from the dashboard too); the app refreshes this screen after either.
 """
 
@@ -10,68 +9,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from tui.client import ApiError, ApplianceClient
+from tui.client import ApplianceClient
 from tui.models import ModelsReport, parse_models
+from tui.screens.polled import PolledScreen
 from tui.widgets.models_panel import ModelsPanel
 
 
-class ModelsScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Back to the dashboard")]
+class ModelsScreen(PolledScreen[ModelsReport]):
+    POLL_GROUP = "models"
 
     def __init__(self, client: ApplianceClient, poll_interval_s: float = 1.0, autopoll: bool = True,
                  clock: Callable[[], float] = time.time) -> None:
-        super().__init__()
-        self.client = client
-        self.poll_interval_s = poll_interval_s
-        self.autopoll = autopoll
+        super().__init__(client, poll_interval_s, autopoll)
         self.clock = clock
-        self._polling = False
 
     def compose(self) -> ComposeResult:
         yield ModelsPanel(clock=self.clock, id="models")
         yield Static(id="models-message")
         yield Footer()
 
-    def on_mount(self) -> None:
-        if self.autopoll:
-            self.poll()
-            self.set_interval(self.poll_interval_s, self.poll)
+    async def fetch(self) -> ModelsReport:
+        return parse_models(await self.client.models())
 
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-    def poll(self) -> None:
-        if not self._polling:
-            self._polling = True
-            self.run_worker(self.refresh_now(), group="models", exit_on_error=False)
-
-    async def refresh_now(self) -> bool:
-        """One read of the model versions, shown on screen; True when the server answered."""
-        self._polling = True
-        try:
-            report = parse_models(await self.client.models())
-        except ApiError as exc:
-            self._problem(exc.message)
-            return False
-        except ValueError as exc:
-            self._problem(str(exc))
-            return False
-        finally:
-            self._polling = False
-        self.query_one(ModelsPanel).show(report)
-        self.query_one(ModelsPanel).remove_class("-stale")
+    def show(self, report: ModelsReport) -> None:
+        panel = self.query_one(ModelsPanel)
+        panel.show(report)
+        panel.remove_class("-stale")
         self.query_one("#models-message", Static).update("")
-        return True
 
-    def _problem(self, message: str) -> None:
-        self.query_one(ModelsPanel).set_class(self.query_one(ModelsPanel).report is not None, "-stale")
+    def show_problem(self, message: str) -> None:
+        panel = self.query_one(ModelsPanel)
+        panel.set_class(panel.report is not None, "-stale")
         self.query_one("#models-message", Static).update(f"not updated: {message}")
 
 
