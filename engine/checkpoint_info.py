@@ -52,24 +52,32 @@ class CheckpointInfo:
         return int(total)
 
 
-def inspect_checkpoint(source: str | None, quantization: str = "none") -> CheckpointInfo:
-    """The checkpoint's metadata, or CheckpointError saying in one line why it cannot be served."""
+def locate_checkpoint(source: str | None) -> tuple[str, str]:
+    """(path, format) of what `source` names, without reading it: the GGUF file or the HF directory."""
     if source is not None and source.startswith("random:"):
-        ckpt = random_checkpoint(source, quantization)
-        return CheckpointInfo(source, "random", ckpt.config, ckpt.quantization)
+        return source, "random"
     path = Path(source) if source else bundled_model_path()
     if not path.exists():
         raise CheckpointError(f"model path does not exist: {path}")
     if path.is_dir():
         if (path / "config.json").exists():
-            return _hf_info(path, quantization)
+            return str(path), "hf"
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) != 1:
             raise CheckpointError(f"{path} holds neither config.json + safetensors nor a single .gguf file")
         path = ggufs[0]
     if path.suffix != ".gguf":
         raise CheckpointError(f"{path} is not a .gguf file or a checkpoint directory")
-    return _gguf_info(path, quantization)
+    return str(path), "gguf"
+
+
+def inspect_checkpoint(source: str | None, quantization: str = "none") -> CheckpointInfo:
+    """The checkpoint's metadata, or CheckpointError saying in one line why it cannot be served."""
+    path, fmt = locate_checkpoint(source)
+    if fmt == "random":
+        ckpt = random_checkpoint(path, quantization)
+        return CheckpointInfo(path, fmt, ckpt.config, ckpt.quantization)
+    return _hf_info(Path(path), quantization) if fmt == "hf" else _gguf_info(Path(path), quantization)
 
 
 def _gguf_info(path: Path, quantization: str) -> CheckpointInfo:
@@ -97,18 +105,17 @@ def _hf_info(path: Path, quantization: str) -> CheckpointInfo:
     return CheckpointInfo(str(path), "hf", config, "none" if quantization == "auto" else quantization)
 
 
-def weights_sha256(info: CheckpointInfo) -> str:
+def weights_sha256(path: str, fmt: str) -> str:
     """Content hash of the weight files (the GGUF file, or the directory's safetensors in name order);
     for a random shape, of its name."""
     digest = hashlib.sha256()
-    if info.format == "random":
-        digest.update(info.path.encode())
+    if fmt == "random":
+        digest.update(path.encode())
         return digest.hexdigest()
-    path = Path(info.path)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    location = Path(path)
+    files = [location] if location.is_file() else sorted(location.glob("*.safetensors"))
     for f in files:
         with open(f, "rb") as fh:
             while block := fh.read(HASH_CHUNK):
                 digest.update(block)
     return digest.hexdigest()
-

@@ -264,7 +264,7 @@ class Fleet:
 
     async def _load(self, version: ModelVersion, kv_gib: float) -> Resident:
         from engine import AsyncEngine, EngineConfig
-        from engine.checkpoint_info import inspect_checkpoint, weights_sha256
+        from engine.checkpoint_info import locate_checkpoint, weights_sha256
 
         cfg = self.config
         engine_config = EngineConfig(model=version.source or None, device=cfg.device, dtype=version.dtype,
@@ -272,13 +272,13 @@ class Fleet:
                                      max_num_seqs=cfg.max_num_seqs,
                                      max_num_batched_tokens=cfg.max_num_batched_tokens,
                                      chunk_recompute_tokens=cfg.chunk_recompute_tokens)
-        info = await asyncio.to_thread(inspect_checkpoint, version.source or None, version.quantization)
+        path, fmt = locate_checkpoint(version.source or None)  # no metadata read: that takes seconds
         if version.weights_sha256 is None:
-            version.weights_sha256 = await asyncio.to_thread(weights_sha256, info)
+            version.weights_sha256 = await asyncio.to_thread(weights_sha256, path, fmt)
         engine = await asyncio.to_thread(AsyncEngine.from_config, engine_config)
         engine.start()
         footprint = await asyncio.to_thread(engine.kv_footprint)
-        resident = Resident(version.name, engine, info.path, footprint.kv_bytes + footprint.weight_bytes)
+        resident = Resident(version.name, engine, path, footprint.kv_bytes + footprint.weight_bytes)
         resident.idle.set()
         await asyncio.to_thread(self.registry.save, version)
         return resident
