@@ -1,5 +1,6 @@
 """`appliance ingest --url` against a real `appliance serve` (real model, real store, real HTTP):
-files go through the server's documents API, and the store-owning server locks local ingest out."""
+files go through the server's documents API, and the store-owning server locks local ingest out.
+It uses the server tests' shared server (tests/server/conftest.py), under a tenant of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.rag.cli import appliance
 from tests.rag.conftest import APOLLO_PDF, VOLCANO_MD, ZEBRA_TXT
-from tests.server.helpers import ADMIN_KEY, ServerProcess, served
+from tests.server.helpers import ADMIN_KEY, ServerProcess
 
 
 def _post(server: ServerProcess, path: str, body: dict, key: str = ADMIN_KEY) -> dict:
@@ -23,12 +24,6 @@ def _post(server: ServerProcess, path: str, body: dict, key: str = ADMIN_KEY) ->
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with served(ServerProcess(tmp_path_factory.mktemp("served") / "data"), check_exit=False) as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")
