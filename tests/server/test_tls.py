@@ -74,7 +74,7 @@ def test_openai_client_over_https(https_server, certificate):
     with httpx.Client(verify=cert) as http:
         client = openai.OpenAI(base_url=https_server.url + "/v1", api_key=ADMIN_KEY, http_client=http,
                                max_retries=0, timeout=120)
-        assert [m.id for m in client.models.list().data] == [https_server.model]
+        assert [m.id for m in client.models.list().data] == [https_server.model, "v1"]
         stream = client.chat.completions.create(
             model=https_server.model, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=4,
             temperature=0, stream=True, stream_options={"include_usage": True})
