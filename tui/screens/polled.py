@@ -8,6 +8,7 @@ Subclasses say what to read (`fetch`), how to show it (`show`) and how to show a
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import ClassVar, Generic, TypeVar
 
 from textual.binding import Binding, BindingType
@@ -18,7 +19,11 @@ from tui.client import ApiError, ApplianceClient
 R = TypeVar("R")
 
 
-class PolledScreen(Screen[None], Generic[R]):
+class _PolledMeta(type(Screen), ABCMeta):
+    """Textual's message-pump metaclass with abstract methods: a screen lacking one cannot be made."""
+
+
+class PolledScreen(Screen[None], Generic[R], metaclass=_PolledMeta):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Back to the dashboard")]
     POLL_GROUP: ClassVar[str] = "screen"
 
@@ -58,11 +63,14 @@ class PolledScreen(Screen[None], Generic[R]):
         self.show(report)
         return True
 
+    @abstractmethod
     async def fetch(self) -> R:
-        raise NotImplementedError
+        """Read the server (ApiError, or ValueError for an answer of the wrong shape)."""
 
+    @abstractmethod
     def show(self, report: R) -> None:
-        raise NotImplementedError
+        """Put a fresh read on screen."""
 
+    @abstractmethod
     def show_problem(self, message: str) -> None:
-        raise NotImplementedError
+        """Say why the read failed, keeping the last numbers."""
